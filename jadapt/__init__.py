@@ -1,0 +1,82 @@
+"""jadapt: adapter-based tuning and merging of pretrained transformer encoders in JAX/Flax.
+
+>>> import jadapt
+>>> model, params = jadapt.load_pretrained(adapters=(("sst2", jadapt.preset("pfeiffer", bottleneck=64)),),
+...                                        head=jadapt.HeadConfig(num_labels=2))
+>>> result = jadapt.fit(jadapt.TrainConfig(task="sst2", train_size=1000, data_dir="../shared/data"))
+
+The public API is re-exported here lazily (``import jadapt`` stays fast for the CLI);
+subpackages: ``jadapt.data``, ``jadapt.merge``, ``jadapt.fusion``, ``jadapt.analysis``,
+``jadapt.interop``, ``jadapt.checkpoint``, ``jadapt.sharding``, ``jadapt.distributed``.
+"""
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    # models
+    "EncoderConfig": "jadapt.models.config",
+    "AdapterModel": "jadapt.models.model",
+    "HeadConfig": "jadapt.models.model",
+    "load_pretrained": "jadapt.models.pretrained",
+    "init_params": "jadapt.models.pretrained",
+    "add_adapter": "jadapt.models.pretrained",
+    "remove_adapter": "jadapt.models.pretrained",
+    "adapter_params": "jadapt.models.pretrained",
+    "resolve_model_path": "jadapt.models.hf",
+    "packaged_model_path": "jadapt.models.hf",
+    # adapters
+    "AdapterConfig": "jadapt.adapters.config",
+    "preset": "jadapt.adapters.config",
+    # training
+    "TrainConfig": "jadapt.train.config",
+    "fit": "jadapt.train.loop",
+    "evaluate_checkpoint": "jadapt.train.evaluate",
+    "trainable_rules": "jadapt.train.optim",
+    "trainable_labels": "jadapt.train.optim",
+    "split": "jadapt.train.optim",
+    "make_optimizer": "jadapt.train.optim",
+    "linear_schedule": "jadapt.train.optim",
+    "make_train_step": "jadapt.train.step",
+    "make_eval_step": "jadapt.train.step",
+    "init_state": "jadapt.train.step",
+    "compute_metrics": "jadapt.train.metrics",
+    # data
+    "get_task": "jadapt.data",
+    "load_split": "jadapt.data",
+    "encode": "jadapt.data",
+    # checkpoints
+    "save_adapter": "jadapt.checkpoint",
+    "load_adapter": "jadapt.checkpoint",
+    "load_model": "jadapt.checkpoint",
+    "TrainCheckpointer": "jadapt.checkpoint",
+    # merging, fusion, analysis
+    "merge_adapters": "jadapt.merge",
+    "merge_aligned": "jadapt.merge",
+    "align_by_weights": "jadapt.merge",
+    "align_by_activations": "jadapt.merge",
+    "FusionConfig": "jadapt.fusion",
+    "fuse": "jadapt.fusion",
+    "compare_models": "jadapt.analysis",
+    "rsa": "jadapt.analysis",
+    "linear_cka": "jadapt.analysis",
+    # scale
+    "make_mesh": "jadapt.sharding",
+    "param_shardings": "jadapt.sharding",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'jadapt' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

@@ -43,7 +43,9 @@ class BottleneckAdapter(nn.Module):
     compute_dtype: str = "float32"
 
     @nn.compact
-    def __call__(self, x, residual, deterministic: bool = True):
+    def __call__(self, x, residual, deterministic: bool = True, up_only: bool = False):
+        """``up_only``: return the scaled up-projection before dropout and residual, the
+        per-adapter value AdapterFusion attends over (AdapterHub's ``up``)."""
         cfg = self.config
         d = x.shape[-1]
         down_init, up_init = _kernel_inits(cfg.init)
@@ -52,9 +54,11 @@ class BottleneckAdapter(nn.Module):
         z = activation(cfg.activation)(z)
         self.sow("intermediates", "bottleneck", z)
         out = Dense(d, compute_dtype=self.compute_dtype, kernel_init=up_init, name="up")(z) * cfg.scaling
-        out = Dropout(cfg.dropout)(out, deterministic)
-        if cfg.is_parallel:
+        if up_only:
             return out
+        out = Dropout(cfg.dropout)(out, deterministic)
+        if cfg.is_parallel:  # AdapterHub's ParallelAdapter: ln_after on the scaled output, no residual
+            return LayerNorm(1e-5, name="norm_after")(out) if cfg.ln_after else out
         if cfg.adapter_residual_before_ln:
             out = out + residual
         if cfg.ln_after:
@@ -90,34 +94,39 @@ class AdapterSite(nn.Module):
         active = [n for n in self.active if n in modules]
         if not active:
             return layer_norm(h + x)
-        cfg = dict(self.adapters)[active[0]]
-        inp, query, residual = _pre_forward(cfg, h, x, layer_norm)
-        if len(active) == 1:
+        fused = len(active) > 1
+        if fused and self.fusion is None:
+            raise ValueError(f"{len(active)} active adapters {active} at one site need a fusion config")
+        cfg = dict(self.adapters)[active[-1]]  # AdapterHub: the last fused adapter's placement counts
+        inp, query, residual = _pre_forward(cfg, h, x, layer_norm, self.fusion if fused else None)
+        if not fused:
             out = modules[active[0]](inp, residual, deterministic)
         else:
-            if self.fusion is None:
-                raise ValueError(f"{len(active)} active adapters {active} at one site need a fusion config")
             from jadapt.fusion.layer import FusionLayer  # fusion reuses this adapter forward
 
-            outs = jnp.stack([modules[n](inp, residual, deterministic) for n in active], axis=-2)
-            out = FusionLayer(self.fusion, name="fusion")(query, outs, residual, deterministic)
+            ups = jnp.stack([modules[n](inp, residual, deterministic, up_only=True) for n in active], axis=-2)
+            out = FusionLayer(self.fusion, self.compute_dtype, name="fusion")(query, ups, residual, deterministic)
         return _post_forward(cfg, out, h, x, layer_norm)
 
 
-def _pre_forward(cfg: AdapterConfig, h, x, layer_norm):
-    """(adapter input, fusion query, adapter residual), as AdapterHub's ``pre_forward``."""
+def _pre_forward(cfg: AdapterConfig, h, x, layer_norm, fusion=None):
+    """(adapter input, fusion query, adapter residual), as AdapterHub's ``pre_forward``:
+    the query is ``h`` before the original LayerNorm only with ``fusion.query_before_ln``."""
     if cfg.is_parallel:
         return x, x, x
     residual = h if cfg.residual_before_ln else None
-    query = h
+    sublayer_out = h
     if cfg.original_ln_before:
         h = layer_norm(h + x)
     if not cfg.residual_before_ln:
         residual = h
+    query = sublayer_out if fusion is not None and fusion.query_before_ln else h
     return h, query, residual
 
 
 def _post_forward(cfg: AdapterConfig, out, h, x, layer_norm):
     if cfg.is_parallel:
         out = out + h
-    return layer_norm(out + x) if cfg.original_ln_after else out + x
+    # AdapterHub's post_forward: without original_ln_after the sublayer residual x is not re-added
+    # (a sequential adapter already carries it when original_ln_before).
+    return layer_norm(out + x) if cfg.original_ln_after else out

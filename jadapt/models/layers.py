@@ -144,25 +144,98 @@ def activation(name: str) -> Callable[[jax.Array], jax.Array]:
     return table[name.lower()]
 
 
-def _bf16_einsum_impl(spec, a, b):
-    return jnp.einsum(spec, a.astype(jnp.bfloat16), b.astype(jnp.bfloat16), preferred_element_type=jnp.float32)
+def _parse(spec: str) -> tuple[str, str, str]:
+    ins, out = spec.replace(" ", "").split("->")
+    sa, sb = ins.split(",")
+    for name, s in (("first", sa), ("second", sb), ("output", out)):
+        if len(set(s)) != len(s):
+            raise ValueError(f"einsum {spec!r}: repeated index in the {name} operand is not supported")
+    for name, s, other in (("first", sa, sb), ("second", sb, sa)):
+        lost = [c for c in s if c not in other and c not in out]
+        if lost:
+            raise ValueError(f"einsum {spec!r}: index {lost} of the {name} operand appears nowhere else")
+    if any(c not in sa + sb for c in out):
+        raise ValueError(f"einsum {spec!r}: output index missing from the operands")
+    return sa, sb, out
+
+
+def _moved(order: str, target: str, size: int) -> int:
+    """Elements copied to bring an operand from index order ``order`` to ``target``."""
+    return 0 if order == target else size
+
+
+def _canonical_dot(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
+    """``einsum(spec, a, b)`` as one batched matmul XLA:CPU runs on YNNPACK's bf16 kernels.
+
+    YNNPACK takes ``lhs [batch..., m, k]`` with ``rhs [batch..., k, n]`` or ``[batch..., n, k]``
+    only; any other dot falls back to Eigen, which has no bf16 x bf16 -> fp32 kernel (it
+    fails or silently computes in fp32). So operands are grouped into (batch, free, contracted)
+    indices and transposed explicitly, choosing the lhs / rhs roles that move the fewest
+    elements, and optimization barriers stop XLA from folding those transposes back into the
+    dot's dimension numbers. Operands are rounded to bf16; products accumulate in fp32.
+    """
+    sa, sb, out = _parse(spec)
+    size = dict(zip(sa, a.shape)) | dict(zip(sb, b.shape))
+    batch = "".join(c for c in out if c in sa and c in sb)
+    contract = "".join(c for c in sa if c in sb and c not in out)
+    free = {id(a): "".join(c for c in out if c in sa and c not in sb),
+            id(b): "".join(c for c in out if c in sb and c not in sa)}
+    prod = lambda idx: math.prod(size[c] for c in idx)  # noqa: E731
+    plans = []
+    for (lhs, sl), (rhs, sr) in (((a, sa), (b, sb)), ((b, sb), (a, sa))):
+        fl, fr = free[id(lhs)], free[id(rhs)]
+        for rhs_nt in (False, True):
+            lo, ro = batch + fl + contract, batch + (fr + contract if rhs_nt else contract + fr)
+            cost = _moved(sl, lo, lhs.size) + _moved(sr, ro, rhs.size) + _moved(batch + fl + fr, out, prod(out))
+            plans.append((cost, len(plans), lhs, sl, lo, rhs, sr, ro, fl, fr, rhs_nt))
+    _, _, lhs, sl, lo, rhs, sr, ro, fl, fr, rhs_nt = min(plans, key=lambda p: p[:2])
+    m, n, k = prod(fl), prod(fr), prod(contract)
+    nbatch = prod(batch)
+    lead = (nbatch,) if batch else ()
+
+    def arrange(x, s, order, groups):
+        # Merging the batch indices into one axis after a transpose forces XLA to copy into
+        # row-major order; a bare transpose stays a layout change, which makes XLA upcast
+        # the dot to fp32 (``operand_upcaster``) before YNNPACK can take it.
+        x = x.astype(jnp.bfloat16)
+        if s != order:
+            x = jnp.transpose(x, [s.index(c) for c in order])
+        return x.reshape(lead + groups)
+
+    x = arrange(lhs, sl, lo, (m, k))
+    y = arrange(rhs, sr, ro, (n, k) if rhs_nt else (k, n))
+    nb = len(lead)
+    bd = tuple(range(nb))
+    dims = (((nb + 1,), (nb + 1 if rhs_nt else nb,)), (bd, bd))
+    if min(m, n) == 1 or max(m, n, k) < 8:
+        # YNNPACK rejects vector and tiny dots; bf16 products are exact in fp32, so this
+        # fp32 dot gives the same numbers the bf16 kernel would.
+        z = lax.dot_general(x.astype(jnp.float32), y.astype(jnp.float32), dims,
+                            precision=lax.Precision.HIGHEST)
+    else:
+        x, y = lax.optimization_barrier((x, y))
+        z = lax.optimization_barrier(lax.dot_general(x, y, dims, preferred_element_type=jnp.float32))
+    res = batch + fl + fr
+    z = z.reshape(tuple(size[c] for c in res))
+    return z if res == out else jnp.transpose(z, [res.index(c) for c in out])
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _bf16_einsum(spec, a, b):
-    return _bf16_einsum_impl(spec, a, b)
+    return _canonical_dot(spec, a, b)
 
 
 def _bf16_einsum_fwd(spec, a, b):
-    return _bf16_einsum_impl(spec, a, b), (a, b)
+    # bf16 residuals: half the saved activation memory, and the backward needs no re-rounding.
+    dt = (jnp.zeros((0,), a.dtype), jnp.zeros((0,), b.dtype))
+    return _canonical_dot(spec, a, b), (a.astype(jnp.bfloat16), b.astype(jnp.bfloat16), dt)
 
 
 def _bf16_einsum_bwd(spec, res, g):
-    a, b = res
-    ins, out = spec.split("->")
-    sa, sb = ins.split(",")
-    da = _bf16_einsum_impl(f"{out},{sb}->{sa}", g, b).astype(a.dtype)
-    db = _bf16_einsum_impl(f"{out},{sa}->{sb}", g, a).astype(b.dtype)
+    a, b, (ta, tb) = res
+    sa, sb, out = _parse(spec)
+    da = _canonical_dot(f"{out},{sb}->{sa}", g, b).astype(ta.dtype)
+    db = _canonical_dot(f"{out},{sa}->{sb}", g, a).astype(tb.dtype)
     return da, db
 
 
@@ -171,7 +244,11 @@ _bf16_einsum.defvjp(_bf16_einsum_fwd, _bf16_einsum_bwd)
 
 def einsum(spec: str, a: jax.Array, b: jax.Array, compute_dtype: str = "float32") -> jax.Array:
     """Two-operand einsum in the requested precision (fp32 result). Every index of one
-    operand must appear in the other or in the output (true for attention products)."""
+    operand must appear in the other or in the output (true for attention products).
+
+    ``bfloat16``: bf16 operands, fp32 accumulation, forward and backward run as canonical
+    batched matmuls (see ``_canonical_dot``); ``float32``: exact fp32.
+    """
     if compute_dtype == "bfloat16":
         return _bf16_einsum(spec, a, b)
     return jnp.einsum(spec, a, b, precision=lax.Precision.HIGHEST)

@@ -1,0 +1,133 @@
+"""PyTorch peer worker for benchmarks/bench_step.py (runs inside the peers' venv).
+
+The same train step a PyTorch user would run: AdapterHub ``adapters`` (Pfeiffer =
+``SeqBnConfig``, Houlsby = ``DoubleSeqBnConfig``, bottleneck 64, ``train_adapter`` + a
+classification head), ``peft`` LoRA (r 8, alpha 8, query/value, no LoRA dropout), or plain
+``transformers`` full fine-tuning; forward + cross-entropy + backward + grad-norm clipping 1.0
++ ``torch.optim.AdamW``, dropout on. ``--dtype bfloat16`` runs forward and loss under
+``torch.autocast("cpu", bfloat16)`` (what HF Trainer's ``bf16=True`` does on CPU).
+
+Protocol (lines on stdin / stdout, so the driver can interleave repetitions with jadapt):
+prints ``READY {json}`` after warm-up, then answers ``train N`` / ``eval N`` with
+``TIMES [seconds, ...]`` and ``quit`` with ``DONE {"maxrss_mb": ...}``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+
+
+def build(args):
+    import torch
+    import transformers
+
+    if args.model == "minilm":
+        path = args.model_path
+        config = transformers.AutoConfig.from_pretrained(path)
+    else:  # bert-base-sized random model, same config as jadapt's side
+        path = None
+        config = transformers.BertConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                                         intermediate_size=3072)
+    config.num_labels = 2
+    hidden = config.hidden_size
+
+    if args.method in ("pfeiffer", "houlsby"):
+        import adapters
+
+        cls = adapters.SeqBnConfig if args.method == "pfeiffer" else adapters.DoubleSeqBnConfig
+        if path:
+            model = adapters.AutoAdapterModel.from_pretrained(path, config=config)
+        else:
+            model = adapters.AutoAdapterModel.from_config(config)
+        model.add_adapter("a", config=cls(reduction_factor=hidden / args.bottleneck))
+        model.add_classification_head("a", num_labels=2)
+        model.train_adapter("a")
+    elif args.method == "lora":
+        import peft
+
+        base = (transformers.AutoModelForSequenceClassification.from_pretrained(path, config=config) if path
+                else transformers.AutoModelForSequenceClassification.from_config(config))
+        lcfg = peft.LoraConfig(task_type=peft.TaskType.SEQ_CLS, r=8, lora_alpha=8, lora_dropout=0.0,
+                               target_modules=["query", "value"])
+        model = peft.get_peft_model(base, lcfg)
+    elif args.method == "full":
+        model = (transformers.AutoModelForSequenceClassification.from_pretrained(path, config=config) if path
+                 else transformers.AutoModelForSequenceClassification.from_config(config))
+    else:
+        raise SystemExit(f"unknown method {args.method}")
+    return model
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", default="minilm", choices=("minilm", "bert-base"))
+    p.add_argument("--model-path", default=None)
+    p.add_argument("--method", required=True)
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--seq", type=int, default=128)
+    p.add_argument("--bottleneck", type=int, default=64)
+    p.add_argument("--warmup", type=int, default=2)
+    args = p.parse_args()
+
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    model = build(args)
+    trainable = [q for q in model.parameters() if q.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=1e-4, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 100))
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, 30000, (args.batch, args.seq), generator=g)
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+    labels = torch.randint(0, 2, (args.batch,), generator=g)
+    amp = args.dtype == "bfloat16"
+
+    def train_step():
+        model.train()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            logits = model(**batch).logits
+            loss = torch.nn.functional.cross_entropy(logits.float(), labels)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+    def eval_step():
+        model.eval()
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            logits = model(**batch).logits
+            return logits.float().argmax(-1)
+
+    fns = {"train": train_step, "eval": eval_step}
+    for _ in range(args.warmup):
+        train_step()
+        eval_step()
+    info = {"setup_s": time.perf_counter() - t0, "torch": torch.__version__,
+            "trainable_params": sum(q.numel() for q in trainable), "threads": torch.get_num_threads()}
+    print("READY " + json.dumps(info), flush=True)
+    for line in sys.stdin:
+        cmd = line.split()
+        if not cmd:
+            continue
+        if cmd[0] == "quit":
+            break
+        fn, times = fns[cmd[0]], []
+        for _ in range(int(cmd[1])):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        print("TIMES " + json.dumps(times), flush=True)
+    print("DONE " + json.dumps({"maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

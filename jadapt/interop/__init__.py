@@ -1,0 +1,226 @@
+"""Interoperate with the PyTorch adapter ecosystem: AdapterHub and PEFT folders <-> jadapt.
+
+An :class:`AdapterBundle` is the format-neutral middle: one named adapter (its
+``AdapterConfig`` and params subtree at jadapt paths), an optional head and label names.
+Readers turn a folder into a bundle, writers a bundle into a folder the PyTorch library
+loads; :func:`import_adapter` / :func:`export_adapter` go through jadapt adapter
+checkpoints (``jadapt import`` / ``jadapt export`` call them).
+
+- AdapterHub (``adapters``): bottleneck adapters (``seq_bn``/pfeiffer,
+  ``double_seq_bn``/houlsby, ``par_bn``) with a flex classification head.
+- PEFT: LoRA on query / key / value / attention output / intermediate / output, with a
+  sequence-classification head and other ``modules_to_save``.
+
+>>> bundle = read_adapterhub("runs/sst2_adapter")          # doctest: +SKIP
+>>> model, params = build_model(bundle, "all-MiniLM-L6-v2")  # doctest: +SKIP
+>>> write_peft("out/peft", read_peft("peft_dir"), encoder_config=model.config)  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Optional
+
+from jadapt.adapters.config import AdapterConfig
+from jadapt.models.model import HeadConfig
+
+FORMATS = ("adapterhub", "peft")
+
+
+@dataclasses.dataclass(frozen=True)
+class AdapterBundle:
+    """One adapter in transit. ``params``: nested dict of numpy arrays at jadapt paths
+    (``encoder/layer_i/<site>/<name>/...``, ``head/...``, and any trained base params such
+    as LayerNorms). ``base_model``: the base the source names, if any (hub id or path)."""
+
+    name: str
+    config: AdapterConfig
+    params: dict
+    head: Optional[HeadConfig] = None
+    label_names: Optional[tuple[str, ...]] = None
+    base_model: Optional[str] = None
+    model_type: Optional[str] = None
+    source: Optional[dict] = None  # {"format": ..., "config": the source's own config dict}
+
+
+from jadapt.interop.adapterhub import read_adapterhub, write_adapterhub  # noqa: E402
+from jadapt.interop.peft import read_peft, write_peft  # noqa: E402
+
+
+def detect_format(path: str | os.PathLike) -> str:
+    """``"adapterhub"`` or ``"peft"`` for an adapter folder, from its ``adapter_config.json``."""
+    import json
+
+    p = Path(path)
+    cfg_file = p / "adapter_config.json"
+    if not p.is_dir():
+        raise FileNotFoundError(f"adapter folder {p} does not exist")
+    if not cfg_file.is_file():
+        raise FileNotFoundError(f"{p} has no adapter_config.json (not an AdapterHub or PEFT adapter folder)")
+    cfg = json.loads(cfg_file.read_text())
+    if "peft_type" in cfg:
+        return "peft"
+    if "config" in cfg and ("hidden_size" in cfg or "model_type" in cfg or "name" in cfg):
+        return "adapterhub"
+    raise ValueError(f"{cfg_file} is neither an AdapterHub config (keys config/name/hidden_size) "
+                     "nor a PEFT config (key peft_type)")
+
+
+def read_adapter(path: str | os.PathLike, *, name: Optional[str] = None,
+                 base_model: Optional[str | os.PathLike] = None) -> AdapterBundle:
+    """Read an AdapterHub or PEFT folder (auto-detected) into a bundle."""
+    if detect_format(path) == "adapterhub":
+        return read_adapterhub(path, name=name)
+    return read_peft(path, name=name, base_model=base_model)
+
+
+def build_model(bundle: AdapterBundle, base_model: Optional[str | os.PathLike] = None, *,
+                compute_dtype: str = "float32"):
+    """(model, params): the pretrained base with the bundle's adapter (active) and head.
+
+    ``base_model`` defaults to the one the bundle names. Every param comes from a file:
+    the base checkpoint (a BERT pooler becomes ``head/dense``) or the bundle, which must
+    fill every adapter / head leaf with the right shape; all problems are reported
+    together. Nothing is randomly initialised (so no init is compiled either).
+    """
+    import jax.numpy as jnp
+
+    from jadapt import tree
+    from jadapt.models.config import EncoderConfig
+    from jadapt.models.hf import convert_state_dict, read_state_dict
+    from jadapt.models.model import AdapterModel
+    from jadapt.models.pretrained import param_shapes
+
+    base = _resolve_base(bundle, base_model)
+    model = AdapterModel(EncoderConfig.from_pretrained(base), adapters=((bundle.name, bundle.config),),
+                         active=(bundle.name,), head=bundle.head, compute_dtype=compute_dtype)
+    expected = param_shapes(model)
+    flat = tree.flatten(convert_state_dict(read_state_dict(base), expected))
+    errors = []
+    for path, value in tree.flatten(bundle.params).items():
+        if path not in expected:
+            errors.append(f"{path} has no place in this model")
+        elif tuple(expected[path]) != tuple(value.shape):
+            errors.append(f"{path}: shape {tuple(value.shape)} != model's {tuple(expected[path])}")
+        else:
+            flat[path] = value
+    missing = [p for p in expected if p not in flat]
+    if missing:
+        errors.append(f"{len(missing)} param(s) in neither the base model nor the adapter, e.g. {missing[:4]}")
+    if errors:
+        raise ValueError(f"adapter {bundle.name!r} does not fit base model {base}:\n  " + "\n  ".join(errors[:20]))
+    return model, tree.unflatten({p: jnp.asarray(x, jnp.float32) for p, x in flat.items()})
+
+
+def bundle_from_params(model, params: dict, name: str, *, label_names=None, base_model=None) -> AdapterBundle:
+    """The bundle of adapter ``name`` of an ``AdapterModel`` (plus its head, if any)."""
+    import numpy as np
+
+    from jadapt import tree
+    from jadapt.models.pretrained import adapter_params
+
+    configs = dict(model.adapters)
+    if name not in configs:
+        raise KeyError(f"no adapter {name!r}; existing: {list(configs)}")
+    sub = tree.merge(adapter_params(params, name), tree.select(params, r"^head/") if model.head else {})
+    sub = tree.map_with_path(lambda _, x: np.asarray(x, np.float32), sub)
+    return AdapterBundle(name, configs[name], sub, model.head, tuple(label_names) if label_names else None,
+                         None if base_model is None else str(base_model), model.config.model_type)
+
+
+def import_adapter(path: str | os.PathLike, out: str | os.PathLike, *, base_model: Optional[str] = None,
+                   name: Optional[str] = None) -> dict:
+    """Read an AdapterHub / PEFT folder, check it against the base model, and write a jadapt
+    adapter checkpoint to ``out``. Returns the checkpoint metadata."""
+    import numpy as np
+
+    from jadapt import tree
+    from jadapt.checkpoint import save_adapter
+
+    fmt = detect_format(path)
+    bundle = read_adapter(path, name=name, base_model=base_model)
+    base = _resolve_base(bundle, base_model)
+    model, params = build_model(bundle, base)
+    sub = bundle.params
+    if bundle.head is not None:  # e.g. BERT's pooler as the head's dense layer: store it explicitly
+        sub = tree.merge(tree.select(params, r"^head/"), sub)
+    meta = checkpoint_metadata(model, bundle, base, fmt)
+    save_adapter(out, tree.map_with_path(lambda _, x: np.asarray(x), sub), meta)
+    return meta
+
+
+def checkpoint_metadata(model, bundle: AdapterBundle, base_model, fmt: str) -> dict:
+    """jadapt adapter-checkpoint metadata for an imported bundle."""
+    return {
+        "format": "jadapt-adapter",
+        "version": 1,
+        "base_model": str(base_model),
+        "encoder_config": dataclasses.asdict(model.config),
+        "adapters": [[bundle.name, bundle.config.to_dict()]],
+        "active": [bundle.name],
+        "head": dataclasses.asdict(bundle.head) if bundle.head else None,
+        "task": None,
+        "label_names": list(bundle.label_names or ()),
+        "method": bundle.config.method,
+        "imported_from": {"format": fmt, **(bundle.source or {})},
+    }
+
+
+def export_adapter(checkpoint: str | os.PathLike, fmt: str, out: str | os.PathLike, *,
+                   name: Optional[str] = None, strict: bool = True) -> Path:
+    """Write adapter ``name`` (default: the checkpoint's only / first active adapter) of a
+    jadapt checkpoint as an AdapterHub or PEFT folder. ``strict=False`` drops params the
+    format cannot hold (e.g. trained LayerNorms for AdapterHub) instead of failing."""
+    from jadapt.checkpoint import load_adapter
+    from jadapt.models.config import EncoderConfig
+    from jadapt.models.pretrained import adapter_path_pattern
+
+    if fmt not in FORMATS:
+        raise ValueError(f"export format {fmt!r} is not supported; expected one of {FORMATS}")
+    params, meta = load_adapter(checkpoint)
+    configs = {n: AdapterConfig.from_dict(c) for n, c in meta.get("adapters", [])}
+    if name is None:
+        active = [n for n in meta.get("active", []) if n in configs]
+        if len(active) != 1 and len(configs) != 1:
+            raise ValueError(f"checkpoint {checkpoint} holds adapters {list(configs)}; pick one with --name")
+        name = active[0] if len(active) == 1 else next(iter(configs))
+    if name not in configs:
+        raise KeyError(f"checkpoint {checkpoint} has no adapter {name!r}; it has {list(configs)}")
+    import re
+
+    import numpy as np
+
+    from jadapt import tree
+
+    others = [re.compile(adapter_path_pattern(n)) for n in configs if n != name]
+    flat = {p: np.asarray(x, np.float32) for p, x in tree.flatten(params).items()
+            if not any(rx.search(p) for rx in others) and "/fusion/" not in p}
+    head = HeadConfig(**meta["head"]) if meta.get("head") else None
+    enc = EncoderConfig(**meta["encoder_config"])
+    bundle = AdapterBundle(name, configs[name], tree.unflatten(flat), head, tuple(meta.get("label_names") or ()) or None,
+                           meta.get("base_model"), enc.model_type)
+    writer = write_adapterhub if fmt == "adapterhub" else write_peft
+    return writer(out, bundle, encoder_config=enc, strict=strict)
+
+
+def _resolve_base(bundle: AdapterBundle, base_model) -> Path:
+    from jadapt.models.hf import resolve_model_path
+
+    cand = base_model if base_model not in (None, "") else bundle.base_model
+    if cand in (None, ""):
+        raise ValueError(f"adapter {bundle.name!r} names no base model; pass one (--model DIR_OR_HUB_ID)")
+    try:
+        return resolve_model_path(cand)
+    except FileNotFoundError as e:
+        if base_model in (None, ""):
+            raise FileNotFoundError(f"the adapter's base model {cand!r} is not available ({e}); "
+                                    "pass a local one with --model") from e
+        raise
+
+
+__all__ = [
+    "AdapterBundle", "FORMATS", "build_model", "bundle_from_params", "checkpoint_metadata", "detect_format",
+    "export_adapter", "import_adapter", "read_adapter", "read_adapterhub", "read_peft", "write_adapterhub",
+    "write_peft",
+]

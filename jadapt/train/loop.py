@@ -1,0 +1,314 @@
+"""``fit(TrainConfig)``: the training run behind ``jadapt train``, top to bottom.
+
+Phases: validate -> data -> model -> optimizer/state (or resume) -> epochs of jit steps with
+per-epoch dev evaluation -> best-dev adapter checkpoint + ``metrics.json``.
+Resuming: a run restarted with the same config and ``out`` continues from its last
+checkpoint (step, RNG, optimizer state and data position) and ends bitwise identical to an
+uninterrupted run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jadapt import tree
+from jadapt.train.config import TrainConfig
+from jadapt.train.optim import learning_rate_now, make_optimizer, split, trainable_labels
+from jadapt.train.step import init_state, jit_steps, make_eval_step, make_train_step
+
+
+# ---------------------------------------------------------------- data
+def prepare_data(cfg: TrainConfig, task, tokenizer_dir: Path, model_max_length: int) -> tuple[dict, dict]:
+    """Tokenised (train, dev) numpy columns for the run's task, subset and seed."""
+    from transformers import AutoTokenizer
+
+    from jadapt import data
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    train_rows = data.load_split(task, task.train_split, cfg.data_dir)
+    dev_rows = data.load_split(task, task.dev_split, cfg.data_dir)
+    if cfg.train_size is not None:
+        train_rows = data.subsample(train_rows, cfg.train_size, cfg.seed)
+    if cfg.k_shot is not None:
+        train_rows = data.k_shot(train_rows, cfg.k_shot, cfg.seed, task=task)
+    train = data.encode(task, train_rows, tok, cfg.max_length, model_max_length=model_max_length)
+    dev = data.encode(task, dev_rows, tok, cfg.max_length, model_max_length=model_max_length)
+    return train, dev
+
+
+# ---------------------------------------------------------------- model
+def build_model(cfg: TrainConfig, task, model_dir: Path):
+    """(model, params, adapter names that train) for the run's method."""
+    from jadapt.adapters.config import preset
+    from jadapt.models.model import HeadConfig
+    from jadapt.models.pretrained import load_pretrained
+
+    head = HeadConfig(num_labels=1 if task.regression else task.num_labels, regression=task.regression,
+                      pooling=cfg.pooling)
+    adapters: tuple = ()
+    if cfg.method in ("houlsby", "pfeiffer", "parallel", "lora"):
+        kw: dict[str, Any] = {}
+        if cfg.method == "lora":
+            kw.update(lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha)
+        elif cfg.reduction_factor is not None:
+            kw.update(bottleneck=None, reduction_factor=cfg.reduction_factor)
+        else:
+            kw.update(bottleneck=cfg.bottleneck)
+        if cfg.train_layer_norms is not None:
+            kw.update(train_layer_norms=cfg.train_layer_norms)
+        adapters = ((cfg.name, preset(cfg.method, **kw)),)
+    if cfg.method == "fusion":
+        from jadapt.fusion.setup import load_for_fusion
+
+        return load_for_fusion(cfg, model_dir, head)
+    model, params = load_pretrained(model_dir, adapters=adapters, head=head,
+                                    compute_dtype=cfg.compute_dtype, seed=cfg.seed, remat=cfg.remat)
+    if cfg.init_adapter:
+        params = _overlay_adapter(params, cfg.init_adapter, cfg.name, dict(adapters).get(cfg.name))
+    return model, params, [cfg.name] if adapters else []
+
+
+def _overlay_adapter(params: dict, ckpt_dir: str, name: str, config) -> dict:
+    """Start adapter ``name`` from a saved adapter (e.g. a MerA merge) of the same shape."""
+    from jadapt.checkpoint import load_adapter
+
+    saved, meta = load_adapter(ckpt_dir)
+    flat, own = tree.flatten(params), {}
+    saved_names = {n for n, _ in meta.get("adapters", [])}
+    for path, value in tree.flatten(saved).items():
+        parts = path.split("/")
+        if len(parts) > 3 and parts[3] in saved_names:  # encoder/layer_i/<site>/<name>/...
+            parts[3] = name
+        elif parts[0] == "head":
+            continue  # the target task's head is new
+        new_path = "/".join(parts)
+        if new_path not in flat:
+            raise ValueError(f"init adapter {ckpt_dir}: {path} has no place in this model")
+        if tuple(flat[new_path].shape) != tuple(value.shape):
+            raise ValueError(f"init adapter {ckpt_dir}: {path} has shape {tuple(value.shape)}, "
+                             f"the model expects {tuple(flat[new_path].shape)}")
+        own[new_path] = jnp.asarray(value)
+    if not own:
+        raise ValueError(f"init adapter {ckpt_dir} holds no adapter params")
+    return tree.merge(params, tree.unflatten(own))
+
+
+# ---------------------------------------------------------------- devices
+def place_and_jit(cfg: TrainConfig, model, tx, task, state: dict, frozen: dict):
+    """Shard state / frozen params over the mesh by ``cfg.sharding`` and jit both steps."""
+    from jadapt.sharding import (batch_sharding, make_mesh, opt_state_shardings, param_shardings,
+                                 replicated_sharding)
+
+    mesh = make_mesh()
+    rep = replicated_sharding(mesh)
+    train_sh = param_shardings(state["trainable"], mesh, cfg.sharding)
+    state_sh = {"step": rep, "trainable": train_sh, "rng": rep,
+                "opt_state": opt_state_shardings(state["opt_state"], train_sh, mesh)}
+    frozen_sh = param_shardings(frozen, mesh, cfg.sharding)
+    state, frozen = jax.device_put(state, state_sh), jax.device_put(frozen, frozen_sh)
+    n_data = mesh.shape["data"]
+    bsh = batch_sharding(mesh) if cfg.batch_size % n_data == 0 and cfg.eval_batch_size % n_data == 0 else None
+    train_step, eval_step = jit_steps(make_train_step(model, tx, regression=task.regression),
+                                      make_eval_step(model, regression=task.regression), state_sharding=state_sh,
+                                      frozen_sharding=frozen_sh, batch_sharding=bsh)
+    if jax.process_count() > 1:  # every process reads all rows; each feeds its slice of every batch
+        from jadapt.distributed import global_batch, host_shard
+
+        if bsh is None:
+            raise ValueError(f"batch sizes must divide by the {n_data} data-parallel devices across hosts")
+        feed = lambda b: global_batch(host_shard(b, mesh), mesh)  # noqa: E731
+        return (lambda s, f, b: train_step(s, f, feed(b))), (lambda t, f, b: eval_step(t, f, feed(b))), state, frozen
+    return train_step, eval_step, state, frozen
+
+
+# ---------------------------------------------------------------- evaluation
+def evaluate(evaluate_fn, trainable, frozen, dev: dict, task, batch_size: int) -> dict:
+    from jadapt import data
+    from jadapt.train.metrics import compute_metrics
+
+    loss_sum, w_sum, preds, labels, weights = 0.0, 0.0, [], [], []
+    for batch in data.eval_batches(dev, batch_size):
+        l, w, p = evaluate_fn(trainable, frozen, batch)
+        loss_sum += float(l)
+        w_sum += float(w)
+        preds.append(np.asarray(p))
+        labels.append(batch["labels"])
+        weights.append(batch["weight"])
+    metrics = compute_metrics(task, np.concatenate(preds), np.concatenate(labels), np.concatenate(weights))
+    metrics["loss"] = loss_sum / max(w_sum, 1.0)
+    return metrics
+
+
+# ---------------------------------------------------------------- the run
+def fit(cfg: TrainConfig) -> dict:
+    """Train, evaluate every epoch, keep the best dev adapter; returns the final metrics."""
+    from jadapt import data
+    from jadapt.checkpoint import TrainCheckpointer, save_adapter
+    from jadapt.models.config import EncoderConfig
+    from jadapt.models.hf import resolve_model_path
+
+    # --- validate everything cheap before any heavy work
+    task = data.get_task(cfg.task)
+    model_dir = resolve_model_path(cfg.model)
+    enc_cfg = EncoderConfig.from_pretrained(model_dir)
+    if cfg.max_length > enc_cfg.max_length:
+        raise ValueError(f"max_length {cfg.max_length} exceeds the model's maximum {enc_cfg.max_length}")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+
+    # --- data
+    train, dev = prepare_data(cfg, task, model_dir, enc_cfg.max_length)
+    steps_per_epoch = data.num_batches(train, cfg.batch_size)
+    total_steps = max(1, math.ceil(cfg.epochs * steps_per_epoch))
+
+    # --- model, optimizer, state
+    model, params, names = build_model(cfg, task, model_dir)
+    from jadapt.train.optim import trainable_rules
+
+    ln = cfg.train_layer_norms if cfg.train_layer_norms is not None else any(
+        c.train_layer_norms for _, c in model.adapters if _ in names)
+    labels = trainable_labels(params, trainable_rules(cfg.method, names, train_layer_norms=ln))
+    trainable, frozen = split(params, labels)
+    trainable_label_tree, _ = split(labels, labels)
+    tx = make_optimizer(trainable_label_tree, cfg.learning_rate, total_steps=total_steps,
+                        warmup_steps=int(cfg.warmup_ratio * total_steps), weight_decay=cfg.weight_decay,
+                        max_grad_norm=cfg.max_grad_norm)
+    state = init_state(trainable, tx, cfg.seed)
+    metadata = run_metadata(cfg, model, model_dir, task)
+
+    ckpt = TrainCheckpointer(out / "checkpoints", max_to_keep=1, keep_best=False)
+    start = ckpt.latest_step()
+    if start is not None:
+        state = ckpt.restore(start, like=state)
+    start = int(state["step"])
+
+    train_step, eval_step, state, frozen = place_and_jit(cfg, model, tx, task, state, frozen)
+
+    # --- epochs
+    from jadapt.distributed import is_coordinator
+
+    log = open(out / "log.jsonl", "a") if is_coordinator() else open(os.devnull, "w")
+    best, best_metrics, history = -math.inf, None, []
+    best_path = out / "best"
+    if (out / "best_metrics.json").is_file():
+        best_metrics = json.loads((out / "best_metrics.json").read_text())
+        best = best_metrics[task.metrics[0]]
+    stop_at = total_steps if cfg.max_steps is None else min(total_steps, cfg.max_steps)
+    bar = _progress(cfg.progress, total_steps, start)
+    step = start
+    while step < stop_at:
+        epoch, in_epoch = divmod(step, steps_per_epoch)
+        for batch in data.epoch_batches(train, cfg.batch_size, seed=cfg.seed, epoch=epoch, start_step=in_epoch):
+            state, m = train_step(state, frozen, batch)
+            step, in_epoch = step + 1, in_epoch + 1
+            bar.update(1)
+            if step % 10 == 0 or step == stop_at:
+                rec = {"step": step, "epoch": epoch, "loss": float(m["loss"]), "lr": learning_rate_now(state["opt_state"])}
+                log.write(json.dumps(rec) + "\n")
+                bar.set_postfix(loss=f"{rec['loss']:.4f}")
+            if cfg.save_every and step % cfg.save_every == 0:
+                ckpt.save(step, state, metadata)
+            if step >= stop_at:
+                break
+        if in_epoch >= steps_per_epoch or step >= total_steps:  # an epoch (or the run) ended
+            metrics = evaluate(eval_step, state["trainable"], frozen, dev, task, cfg.eval_batch_size)
+            metrics.update(step=step, epoch=round(step / steps_per_epoch, 4))
+            history.append(metrics)
+            log.write(json.dumps({"eval": metrics}) + "\n")
+            if metrics[task.metrics[0]] > best:
+                best, best_metrics = metrics[task.metrics[0]], metrics
+                if is_coordinator():
+                    save_adapter(best_path, adapter_to_save(state["trainable"], frozen, model),
+                                 {**metadata, "metrics": metrics})
+                    (out / "best_metrics.json").write_text(json.dumps(metrics, indent=1))
+        log.flush()
+        ckpt.save(step, state, metadata)
+    bar.close()
+    ckpt.close()
+    log.close()
+    if not history and best_metrics is None:  # resumed after the end: evaluate once more
+        best_metrics = evaluate(eval_step, state["trainable"], frozen, dev, task, cfg.eval_batch_size)
+    result = {
+        "task": task.name,
+        "method": cfg.method,
+        **{k: v for k, v in (best_metrics or {}).items() if k not in ("step", "epoch")},
+        "best_step": (best_metrics or {}).get("step"),
+        "last": history[-1] if history else None,
+        "history": history,
+        "train_examples": int(len(train["labels"])),
+        "dev_examples": int(len(dev["labels"])),
+        "steps": step,
+        "trainable_params": tree.count(state["trainable"]),
+        "total_params": tree.count(state["trainable"]) + tree.count(frozen),
+        "wall_time_s": round(time.time() - t0, 2),
+        "config": cfg.to_dict(),
+    }
+    if is_coordinator():
+        write_metrics(out, result)
+    return result
+
+
+def adapter_to_save(trainable: dict, frozen: dict, model) -> dict:
+    """The leaves an adapter checkpoint needs: the trained ones, plus (fusion) the fused
+    adapters, which are frozen in the run but part of the model."""
+    if model.fusion is None:
+        return jax.device_get(trainable)
+    from jadapt.models.pretrained import adapter_params
+
+    fused = [adapter_params(frozen, n) for n in model.active]
+    return jax.device_get(tree.merge(*fused, trainable))
+
+
+def run_metadata(cfg: TrainConfig, model, model_dir: Path, task) -> dict:
+    return {
+        "format": "jadapt-adapter",
+        "version": 1,
+        "base_model": str(cfg.model or model_dir),
+        "encoder_config": dataclasses.asdict(model.config),
+        "adapters": [[n, c.to_dict()] for n, c in model.adapters],
+        "active": list(model.active),
+        "head": dataclasses.asdict(model.head) if model.head else None,
+        "fusion": dataclasses.asdict(model.fusion) if model.fusion is not None else None,
+        "task": task.name,
+        "track": task.track,
+        "label_names": list(task.label_names),
+        "method": cfg.method,
+        "compute_dtype": cfg.compute_dtype,
+        "train_config": cfg.to_dict(),
+    }
+
+
+def write_metrics(out: Path, metrics: dict) -> None:
+    """Atomic ``metrics.json``."""
+    tmp = out / ".metrics.json.tmp"
+    tmp.write_text(json.dumps(metrics, indent=1, default=float))
+    os.replace(tmp, out / "metrics.json")
+
+
+class _NoBar:
+    def update(self, n=1):
+        pass
+
+    def set_postfix(self, **kw):
+        pass
+
+    def close(self):
+        pass
+
+
+def _progress(enabled: bool, total: int, initial: int):
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)
