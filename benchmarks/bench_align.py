@@ -164,7 +164,8 @@ def main(argv=None) -> None:
     for m in args.sizes:
         r = bench_size(m, args)
         rows.append(r)
-        print(f"m={m}: {r['problems']} problems | jit vmap {r['vmap_s'] * 1e3:.1f} ms (compile {r['vmap_compile_s']:.2f} s) "
+        print(f"m={m}: {r['problems']} problems | jit vmap {r['vmap_s'] * 1e3:.1f} ms "
+              f"(compile {r['vmap_compile_s']:.2f} s) "
               f"| jit map {r['map_s'] * 1e3:.1f} ms (compile {r['map_compile_s']:.2f} s) | scipy loop "
               f"{r['scipy_s'] * 1e3:.1f} ms | vmap/scipy {r['vmap_ratio']:.1f}x, map/scipy {r['map_ratio']:.1f}x | "
               f"objective == scipy: vmap {r['vmap_exact']}/{r['problems']}, map {r['map_exact']}/{r['problems']} | "
@@ -183,7 +184,8 @@ def main(argv=None) -> None:
         f"jax {jax.__version__}, optax {optax.__version__}, scipy {scipy.__version__}.",
         "",
         f"K = {args.k} adapters x {2 * args.layers} sites, d = {args.d}: aligning to adapter 0 = "
-        f"{(args.k - 1) * 2 * args.layers} square assignment problems per m. Times: median of {args.reps} after warm-up; "
+        f"{(args.k - 1) * 2 * args.layers} square assignment problems per m. "
+        f"Times: median of {args.reps} after warm-up; "
         "compile = first call minus median.",
         "",
         "| m | jit vmap (ms) | compile (s) | jit map (ms) | compile (s) | scipy loop (ms) | vmap / scipy | map / scipy "

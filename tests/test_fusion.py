@@ -134,12 +134,13 @@ def test_identical_adapters_with_identity_value_equal_single(base, method):
     fparams = tree.map_with_path(lambda p, x: jnp.eye(x.shape[0]) if p.endswith("fusion/value/kernel") else x,
                                  fparams)
     ids, mask = _ids()
-    run = lambda m, p: jax.jit(functools.partial(m.apply, return_hidden=True))({"params": p}, ids, mask)  # noqa: E731
-    want = run(single, params)
-    chex.assert_trees_all_close(run(fused, fparams), want, atol=1e-5, rtol=1e-5)
+    run_single = jax.jit(functools.partial(single.apply, return_hidden=True))
+    run_fused = jax.jit(functools.partial(fused.apply, return_hidden=True))
+    want = run_single({"params": params}, ids, mask)
+    chex.assert_trees_all_close(run_fused({"params": fparams}, ids, mask), want, atol=1e-5, rtol=1e-5)
     # distinct adapters do change the output (so this test can fail)
     other = _perturb(fparams, r"_adapter/b/up/", jax.random.key(3), 0.5)
-    assert not np.allclose(run(fused, other)[1][-1], want[1][-1], atol=1e-3)
+    assert not np.allclose(run_fused({"params": other}, ids, mask)[1][-1], want[1][-1], atol=1e-3)
 
 
 def test_uniform_attention_averages_adapters():

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from jadapt import merge, tree
-from jadapt.merge import command, sites
+from jadapt.merge import command
 
 
 def _bottleneck(seed, name="a", d=12, m=6, layers=2, lora=False):
@@ -243,8 +243,8 @@ def test_merges_run_on_sharded_leaves():
     sharded = [jax.device_put(a, spec) for a in adapters]
     for method in ("average", "ties", "dare", "align-weights"):
         kw = dict(key=jax.random.key(0)) if method == "dare" else {}
-        out = jax.jit(lambda a: merge.merge_adapters(a, method, **kw))(sharded)
-        chex.assert_trees_all_close(out, merge.merge_adapters(adapters, method, **kw), atol=1e-5)
+        f = jax.jit(lambda a: merge.merge_adapters(a, method, **kw))
+        chex.assert_trees_all_close(f(sharded), f(adapters), atol=1e-5)
 
 
 # ------------------------------------------------------------------ the CLI
@@ -342,13 +342,30 @@ def test_cli_refuses_mismatched_checkpoints(fake_ckpt):
                                  "--out", str(tmp / "y")]))
     no_meta = tmp / "no_meta"
     fake.save_adapter(no_meta, _bottleneck(9, name="nm", m=4), {"base_model": "minilm"})
-    with pytest.raises(ValueError, match=r"no_meta does not match .*sst2 at .*down/kernel: shape \(12, 4\) vs \(12, 6\)"):
+    with pytest.raises(ValueError,
+                       match=r"no_meta does not match .*sst2 at .*down/kernel: shape \(12, 4\) vs \(12, 6\)"):
         command.run_merge(_args(["--adapters", dirs[0], str(no_meta), "--method", "average", "--out", str(tmp / "z")]))
     with pytest.raises(ValueError, match="needs --probe-task"):
         command.run_merge(_args(["--adapters", *dirs, "--method", "align-activations", "--out", str(tmp / "w")]))
     with pytest.raises(ValueError, match="--weights has 1 values for 3 adapters"):
         command.run_merge(_args(["--adapters", *dirs, "--method", "average", "--out", str(tmp / "v"),
                                  "--weights", "1"]))
+
+
+def test_cli_round_trip_with_the_real_checkpoint_module(tmp_path):
+    ckpt = pytest.importorskip("jadapt.checkpoint")
+    if not (hasattr(ckpt, "save_adapter") and hasattr(ckpt, "load_adapter")):
+        pytest.skip("jadapt.checkpoint has no save_adapter / load_adapter")
+    dirs = []
+    for k, name in enumerate(["x", "y"]):
+        params = tree.merge(_bottleneck(k, name=name), {"head": {"out": {"kernel": jnp.ones((12, 2))}}})
+        dirs.append(str(ckpt.save_adapter(tmp_path / name, params, _meta(name))))
+    out = tmp_path / "merged"
+    command.run_merge(_args(["--adapters", *dirs, "--method", "align-weights", "--out", str(out)]))
+    merged, meta = ckpt.load_adapter(out)
+    expected = merge.merge_aligned([_bottleneck(0, name="x"), _bottleneck(1, name="y")])
+    chex.assert_trees_all_close(merged, expected, atol=1e-5)
+    assert meta["adapters"][0][0] == "x" and meta["merge"]["method"] == "align-weights"
 
 
 def _data_dir() -> Path | None:

@@ -11,15 +11,23 @@ Params (inside ``encoder/layer_i/<site>/fusion``): ``query/{kernel,bias}``,
 ``key/{kernel,bias}`` (N(0, 0.02), zero bias) and ``value/kernel`` (no bias; identity
 with 1e-6 off the diagonal when ``value_initialized``). Kernels are ``[in, out]``.
 The attention probabilities are sown as ``intermediates/.../fusion/attention``.
+
+Cost: AdapterHub projects every adapter output through K and V (2 K d^2 per token). Both
+are linear, so here the key projection moves to the query side,
+``Q(q) . (W_k^T u_k + b_k) = (W_k Q(q)) . u_k + Q(q) . b_k``, and V (no bias) is applied
+once to the weighted sum: the same function for either ``value_before_softmax``, at
+3 d^2 per token whatever K.
 """
 from __future__ import annotations
+
+from typing import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from jadapt.fusion.config import TEMPERATURE_START, FusionConfig
-from jadapt.models.layers import Dense, Dropout, einsum
+from jadapt.models.layers import Dense, Dropout, einsum, matmul
 
 
 def identity_init(key, shape, dtype=jnp.float32):
@@ -28,6 +36,20 @@ def identity_init(key, shape, dtype=jnp.float32):
     if len(shape) != 2 or shape[0] != shape[1]:
         raise ValueError(f"identity init needs a square kernel, got shape {shape}")
     return jnp.full(shape, 1e-6, dtype).at[jnp.diag_indices(shape[0])].set(1.0)
+
+
+class _Weights(nn.Module):
+    """A Dense layer's ``kernel`` [in, out] (and ``bias``), returned rather than applied."""
+
+    features: int
+    use_bias: bool
+    kernel_init: Callable
+
+    @nn.compact
+    def __call__(self, fan_in: int):
+        kernel = self.param("kernel", self.kernel_init, (fan_in, self.features), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32) if self.use_bias else None
+        return kernel, bias
 
 
 class FusionLayer(nn.Module):
@@ -56,23 +78,18 @@ class FusionLayer(nn.Module):
         if cfg.residual_before:  # AdapterHub adds in place to the tensor it also uses as keys
             values = values + residual[..., None, :]
         q = Dense(d, compute_dtype=cdt, kernel_init=bert, name="query")(query) if cfg.query else query
-        k = Dense(d, compute_dtype=cdt, kernel_init=bert, name="key")(values) if cfg.key else values
-        v_proj = None
-        if cfg.value:
-            v_proj = Dense(d, use_bias=False, compute_dtype=cdt, name="value",
-                           kernel_init=identity_init if cfg.value_initialized else bert)
-        if v_proj is not None and cfg.value_before_softmax:
-            values = v_proj(values)
-
-        scores = einsum("bsd,bskd->bsk", q, k, cdt)
-        rate = cfg.dropout_prob or 0.0
-        scores = Dropout(rate)(scores, deterministic)
+        if cfg.key:
+            w_k, b_k = _Weights(d, True, bert, name="key")(d)
+            scores = einsum("bsd,bskd->bsk", matmul(q, w_k.T, cdt), values, cdt) + matmul(q, b_k[:, None], cdt)
+        else:
+            scores = einsum("bsd,bskd->bsk", q, values, cdt)
+        scores = Dropout(cfg.dropout_prob or 0.0)(scores, deterministic)
         probs = jax.nn.softmax(scores / self._temperature(), axis=-1)
         self.sow("intermediates", "attention", probs)
         out = einsum("bsk,bskd->bsd", probs, values, cdt)
-
-        if v_proj is not None and not cfg.value_before_softmax:
-            out = v_proj(out)
+        if cfg.value:  # before or after the softmax-weighted sum: the same linear map
+            w_v, _ = _Weights(d, False, identity_init if cfg.value_initialized else bert, name="value")(d)
+            out = matmul(out, w_v, cdt)
         if not cfg.residual_before:
             out = out + residual
         return out

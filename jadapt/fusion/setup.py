@@ -14,8 +14,8 @@ import jax.numpy as jnp
 
 from jadapt import tree
 from jadapt.fusion.config import FusionConfig, fusion_preset
-from jadapt.models.model import AdapterModel
 from jadapt.fusion.layer import FusionLayer
+from jadapt.models.model import AdapterModel
 from jadapt.models.pretrained import adapter_path_pattern, param_shapes
 
 FUSION_PATTERN = r"(^|/)(attn_adapter|ffn_adapter)/fusion/"

@@ -18,10 +18,15 @@ checkpoints (``jadapt import`` / ``jadapt export`` call them).
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import re
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
+
+from jadapt import tree
 from jadapt.adapters.config import AdapterConfig
 from jadapt.models.model import HeadConfig
 
@@ -43,6 +48,11 @@ class AdapterBundle:
     model_type: Optional[str] = None
     source: Optional[dict] = None  # {"format": ..., "config": the source's own config dict}
 
+    def __post_init__(self):
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name or ""):
+            raise ValueError(f"adapter name {self.name!r} must use letters, digits, '_', '.', '-' only "
+                             "(choose another with --name)")
+
 
 from jadapt.interop.adapterhub import read_adapterhub, write_adapterhub  # noqa: E402
 from jadapt.interop.peft import read_peft, write_peft  # noqa: E402
@@ -50,8 +60,6 @@ from jadapt.interop.peft import read_peft, write_peft  # noqa: E402
 
 def detect_format(path: str | os.PathLike) -> str:
     """``"adapterhub"`` or ``"peft"`` for an adapter folder, from its ``adapter_config.json``."""
-    import json
-
     p = Path(path)
     cfg_file = p / "adapter_config.json"
     if not p.is_dir():
@@ -86,7 +94,6 @@ def build_model(bundle: AdapterBundle, base_model: Optional[str | os.PathLike] =
     """
     import jax.numpy as jnp
 
-    from jadapt import tree
     from jadapt.models.config import EncoderConfig
     from jadapt.models.hf import convert_state_dict, read_state_dict
     from jadapt.models.model import AdapterModel
@@ -115,9 +122,6 @@ def build_model(bundle: AdapterBundle, base_model: Optional[str | os.PathLike] =
 
 def bundle_from_params(model, params: dict, name: str, *, label_names=None, base_model=None) -> AdapterBundle:
     """The bundle of adapter ``name`` of an ``AdapterModel`` (plus its head, if any)."""
-    import numpy as np
-
-    from jadapt import tree
     from jadapt.models.pretrained import adapter_params
 
     configs = dict(model.adapters)
@@ -133,9 +137,6 @@ def import_adapter(path: str | os.PathLike, out: str | os.PathLike, *, base_mode
                    name: Optional[str] = None) -> dict:
     """Read an AdapterHub / PEFT folder, check it against the base model, and write a jadapt
     adapter checkpoint to ``out``. Returns the checkpoint metadata."""
-    import numpy as np
-
-    from jadapt import tree
     from jadapt.checkpoint import save_adapter
 
     fmt = detect_format(path)
@@ -145,7 +146,8 @@ def import_adapter(path: str | os.PathLike, out: str | os.PathLike, *, base_mode
     sub = bundle.params
     if bundle.head is not None:  # e.g. BERT's pooler as the head's dense layer: store it explicitly
         sub = tree.merge(tree.select(params, r"^head/"), sub)
-    meta = checkpoint_metadata(model, bundle, base, fmt)
+    given = base_model if base_model not in (None, "") else bundle.base_model
+    meta = checkpoint_metadata(model, bundle, Path(given).absolute() if Path(given).is_dir() else given, fmt)
     save_adapter(out, tree.map_with_path(lambda _, x: np.asarray(x), sub), meta)
     return meta
 
@@ -187,19 +189,14 @@ def export_adapter(checkpoint: str | os.PathLike, fmt: str, out: str | os.PathLi
         name = active[0] if len(active) == 1 else next(iter(configs))
     if name not in configs:
         raise KeyError(f"checkpoint {checkpoint} has no adapter {name!r}; it has {list(configs)}")
-    import re
-
-    import numpy as np
-
-    from jadapt import tree
-
     others = [re.compile(adapter_path_pattern(n)) for n in configs if n != name]
     flat = {p: np.asarray(x, np.float32) for p, x in tree.flatten(params).items()
             if not any(rx.search(p) for rx in others) and "/fusion/" not in p}
     head = HeadConfig(**meta["head"]) if meta.get("head") else None
     enc = EncoderConfig(**meta["encoder_config"])
-    bundle = AdapterBundle(name, configs[name], tree.unflatten(flat), head, tuple(meta.get("label_names") or ()) or None,
-                           meta.get("base_model"), enc.model_type)
+    labels = tuple(meta.get("label_names") or ()) or None
+    bundle = AdapterBundle(name, configs[name], tree.unflatten(flat), head, labels, meta.get("base_model"),
+                           enc.model_type)
     writer = write_adapterhub if fmt == "adapterhub" else write_peft
     return writer(out, bundle, encoder_config=enc, strict=strict)
 

@@ -160,7 +160,8 @@ def config_to_adapterhub(cfg: AdapterConfig, hidden_size: int) -> dict:
         raise ValueError("AdapterHub export covers bottleneck adapters; export LoRA adapters with --format peft")
     init = {v: k for k, v in _INITS.items()}.get(cfg.init)
     if init is None:
-        raise ValueError(f"adapter init {cfg.init!r} has no AdapterHub equivalent; expected one of {sorted(_INITS.values())}")
+        raise ValueError(f"adapter init {cfg.init!r} has no AdapterHub equivalent; "
+                         f"expected one of {sorted(_INITS.values())}")
     return {
         **BN_DEFAULTS,
         "mh_adapter": cfg.mh_adapter,
@@ -205,6 +206,8 @@ def read_adapterhub(path: str | os.PathLike, *, name: Optional[str] = None) -> A
     raw = meta.get("config")
     if raw is None:
         raise ValueError(f"{d / CONFIG_NAME} has no adapter config")
+    legacy = "version" not in meta
+    config_from_adapterhub(raw, bottleneck=1, legacy=legacy, name=saved_name)  # refuse options before weights
     state = _read_tensors(d, SAFE_WEIGHTS_NAME, WEIGHTS_NAME)
     width, per_site, errors = None, {}, []
     for key, value in state.items():
@@ -230,9 +233,8 @@ def read_adapterhub(path: str | os.PathLike, *, name: Optional[str] = None) -> A
         prefix = f"encoder/layer_{layer}/{site}/{name}"
         for rest, (sub, kind) in _weight_names(ln_before).items():
             if rest in t:
-                leaf = rest.rsplit(".", 1)[1]
-                flat[f"{prefix}/{sub}/{_leaf(kind, leaf)}"] = t.pop(rest).T if kind == "linear" and leaf == "weight" \
-                    else t.pop(rest)
+                leaf, value = rest.rsplit(".", 1)[1], t.pop(rest)
+                flat[f"{prefix}/{sub}/{_leaf(kind, leaf)}"] = value.T if kind == "linear" and leaf == "weight" else value
         alias = {k: t.pop(k) for k in [k for k in t if k.startswith("adapter_norm_before.")]}
         for k, v in alias.items():  # the LayerNorm saved twice: both copies must agree
             other = flat.get(f"{prefix}/norm_before/{'scale' if k.endswith('weight') else 'bias'}")
@@ -246,7 +248,7 @@ def read_adapterhub(path: str | os.PathLike, *, name: Optional[str] = None) -> A
             width = kernel.shape[1]
     if errors:
         raise ValueError(f"cannot read AdapterHub adapter {d}:\n  " + "\n  ".join(errors[:20]))
-    cfg = config_from_adapterhub(raw, bottleneck=width, legacy="version" not in meta, name=saved_name)
+    cfg = config_from_adapterhub(raw, bottleneck=width, legacy=legacy, name=saved_name)
     hidden = meta.get("hidden_size")
     rf = {**BN_DEFAULTS, **(raw if isinstance(raw, Mapping) else NAMED_CONFIGS[raw])}["reduction_factor"]
     if hidden and not isinstance(rf, Mapping) and max(1, int(hidden // rf)) != width:

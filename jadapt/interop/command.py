@@ -29,7 +29,10 @@ def run_import(args) -> dict:
     if not Path(args.path).is_dir():
         raise FileNotFoundError(f"adapter folder {args.path} does not exist")
     fmt = detect_format(args.path)
-    meta = import_adapter(args.path, args.out, base_model=args.model, name=args.name)
+    try:
+        meta = import_adapter(args.path, args.out, base_model=args.model, name=args.name)
+    except FileExistsError as e:  # --out holds something that is not a jadapt checkpoint
+        raise ValueError(str(e)) from e
     name, cfg = meta["adapters"][0]
     result = {"command": "import", "format": fmt, "source": str(args.path), "checkpoint": str(args.out),
               "adapter": name, "method": cfg["method"], "base_model": meta["base_model"],

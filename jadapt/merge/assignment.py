@@ -6,8 +6,9 @@ adapters in one call:
 
 - ``solver="hungarian"``: ``optax.assignment.hungarian_algorithm`` (exact, pure JAX, so it
   compiles into the caller's program and runs on any backend), batched with ``vmap``
-  (``batching="map"`` runs the problems one after another, ``lax.map``: on CPU that is
-  faster, since a vmapped ``while_loop`` steps every problem until the slowest is done);
+  (``batching="map"`` runs the problems one after another with ``lax.map``: a vmapped
+  ``while_loop`` steps every problem until the slowest is done, so on a CPU ``map`` can win
+  when problems differ a lot in difficulty -- see benchmarks/bench_align.py);
 - ``solver="scipy"``: ``scipy.optimize.linear_sum_assignment`` on the host through
   ``jax.pure_callback`` -- the reference the tests compare against.
 

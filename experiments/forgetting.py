@@ -1,0 +1,272 @@
+"""Forgetting (He et al., ACL 2021, sec. 3): how far does tuning move the encoder away from the
+pretrained one, adapters vs full fine-tuning?
+
+    python -m experiments.forgetting --quick          # minutes: SST-2 256 rows, 1 epoch, 64 probes
+    python -m experiments.forgetting                  # CPU-sized full study (resumable)
+    python -m experiments.forgetting --tasks sst2:8000,mrpc,rte,stsb,cola --seeds 0,1,2 --probe-size 2000
+
+Per task (``name`` or ``name:train_rows``) x method (Houlsby adapter, bottleneck 64; full
+fine-tuning) x seed, the tuned encoder is compared with the original on inputs neither saw
+in tuning:
+
+1. **Representations** -- layer-wise RSA (He et al.'s measure) and linear CKA between the
+   original and the tuned encoder (head removed) on ``--probe-size`` sentences of
+   ``--probe-task`` (default: MNLI matched-dev premises; no study task is NLI-3), one
+   mean-pooled row per sentence (``--level token`` samples tokens instead). 1.0 = unchanged
+   geometry; entry 0 is the embedding output (frozen under adapter tuning).
+2. **Behaviour** -- what the original model was trained for: all-MiniLM-L6-v2 is a sentence
+   embedder, so the Spearman correlation between the cosine similarity of mean-pooled
+   sentence embeddings and the STS-B dev gold scores (no training on STS-B), before vs after
+   tuning. A drop is forgetting of the original skill. Every layer's value is in the JSONL;
+   the report gives the last layer (the one the embedder uses).
+
+The tuned models' own dev scores are reported too (to show the comparison is between models
+that learned their task). Every finished run is one line of ``<out>/<name>.jsonl``; a
+restarted study skips what is there. Results: ``<out>/<name>.md`` and ``<out>/<name>.png``.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from experiments import common
+from experiments.low_resource import (Method, Study, Tuner, add_common_args, finish_args, main_metric, make_tuner,
+                                      parse_list, parse_methods, settings_of, start, write_report)
+
+QUICK = dict(tasks="sst2:256", seeds="0", methods="adapter64,full", epochs=1.0, max_length=64, dev_limit=128,
+             probe_size=64, sts_size=128)
+FULL = dict(tasks="sst2:2000,mrpc,rte", seeds="0", methods="adapter64,full", epochs=3.0, max_length=128,
+            dev_limit=None, probe_size=500, sts_size=None)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = add_common_args(argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                                formatter_class=argparse.RawDescriptionHelpFormatter),
+                        name="forgetting")
+    p.add_argument("--tasks", default=None, help=f"task or task:train_rows, comma list (default {FULL['tasks']})")
+    p.add_argument("--seeds", default=None, help=f"(default {FULL['seeds']})")
+    p.add_argument("--methods", default=None, help=f"adapter<bottleneck> and/or full (default {FULL['methods']})")
+    p.add_argument("--epochs", type=float, default=None, help=f"(default {FULL['epochs']})")
+    p.add_argument("--probe-task", default="mnli", help="held-out sentences for RSA/CKA (default mnli)")
+    p.add_argument("--probe-split", default="dev", help="its split ('dev' = the task's dev split)")
+    p.add_argument("--probe-size", type=int, default=None, help=f"sentences (default {FULL['probe_size']})")
+    p.add_argument("--level", default="sentence", choices=("sentence", "token"), help="RSA/CKA rows")
+    p.add_argument("--sts-task", default="stsb", help="sentence-similarity task for the behaviour check")
+    p.add_argument("--sts-size", type=int, default=None, help="pairs of its dev split (default: all)")
+    return finish_args(p.parse_args(argv), "forgetting", QUICK, FULL)
+
+
+def parse_tasks(text: str) -> list[tuple[str, Optional[int]]]:
+    """"sst2:2000,mrpc" -> [("sst2", 2000), ("mrpc", None)]."""
+    out = []
+    for item in parse_list(text):
+        name, _, n = item.partition(":")
+        out.append((name, int(n) if n else None))
+    return out
+
+
+# ---------------------------------------------------------------- probes
+def probe_sentences(task: str, split: str, n: int, data_dir) -> list[str]:
+    """``n`` seeded sentences: the first text field of ``task``'s ``split``, duplicates dropped."""
+    from jadapt import data
+
+    spec = data.get_task(task)
+    rows = data.load_split(spec, spec.dev_split if split == "dev" else split, data_dir)
+    texts = list(dict.fromkeys(str(t) for t in rows[spec.text_fields[0]]))
+    if len(texts) < 3:
+        raise ValueError(f"probe task {task}: need at least 3 distinct sentences, found {len(texts)}")
+    idx = np.sort(np.random.default_rng(0).choice(len(texts), size=min(n, len(texts)), replace=False))
+    return [texts[i] for i in idx]
+
+
+def sts_pairs(task: str, n: Optional[int], data_dir) -> tuple[list[str], list[str], np.ndarray]:
+    """(first sentences, second sentences, gold scores) of ``task``'s dev split (first ``n``)."""
+    from jadapt import data
+
+    spec = data.get_task(task)
+    if not spec.is_pair:
+        raise ValueError(f"--sts-task {task} is not a sentence-pair task")
+    rows = data.load_split(spec, spec.dev_split, data_dir)
+    k = data.num_rows(rows) if n is None else min(n, data.num_rows(rows))
+    a, b = spec.text_fields
+    return [str(x) for x in rows[a][:k]], [str(x) for x in rows[b][:k]], np.asarray(rows["label"][:k], np.float64)
+
+
+def layer_embeddings(model, params, tokenizer, texts: Sequence[str], max_length: int,
+                     batch_size: int = 64) -> np.ndarray:
+    """Mean-pooled hidden states of every layer: [L+1, len(texts), hidden] (entry 0 = embeddings)."""
+    import jax.numpy as jnp
+
+    from jadapt.analysis import encoder_of, layer_rows, tokenize_batches
+
+    enc, out = encoder_of(model), []
+    for b in tokenize_batches(tokenizer, list(texts), batch_size, max_length):
+        rows = layer_rows(enc, params, jnp.asarray(b["input_ids"]), jnp.asarray(b["attention_mask"]),
+                          jnp.asarray(b["token_type_ids"]))
+        out.append(np.asarray(rows)[:, b["valid"]])
+    return np.concatenate(out, axis=1)
+
+
+def sts_spearman(model, params, tokenizer, pairs, max_length: int) -> list[float]:
+    """Per layer: Spearman(cosine of mean-pooled embeddings of each pair, gold score)."""
+    from jadapt.train.metrics import spearman
+
+    first, second, gold = pairs
+    ea = layer_embeddings(model, params, tokenizer, first, max_length)
+    eb = layer_embeddings(model, params, tokenizer, second, max_length)
+    cos = (ea * eb).sum(-1) / np.maximum(np.linalg.norm(ea, axis=-1) * np.linalg.norm(eb, axis=-1), 1e-12)
+    return [spearman(c, gold) for c in cos]
+
+
+def compare_to_base(tuner: Tuner, model, params, probes: Sequence[str], level: str) -> dict:
+    """Per-layer RSA / CKA of (model, params) vs the original encoder on ``probes``."""
+    from jadapt.analysis import CompareConfig, compare_models, tokenize_batches
+
+    base, base_params = tuner.base()
+    res = compare_models(base, base_params, model, params,
+                         tokenize_batches(tuner.tokenizer, list(probes), 32, tuner.max_length),
+                         CompareConfig(level=level))
+    return {"rsa": [float(x) for x in res["rsa"]], "cka": [float(x) for x in res["cka"]], "rows": res["num_rows"]}
+
+
+# ---------------------------------------------------------------- report
+def summarize(records: Sequence[dict], base: dict, tasks: Sequence[str], methods: Sequence[Method]) -> dict:
+    """Markdown tables: RSA per layer, CKA per layer, STS-B behaviour + task dev score."""
+    groups: dict = {}
+    for r in records:
+        groups.setdefault((r["task"], r["method"]), []).append(r)
+    order = [(t, m.name) for t in tasks for m in methods if (t, m.name) in groups]
+    n_layers = len(base["sts"])
+    tables = {}
+    for key, label in (("rsa", "RSA"), ("cka", "linear CKA")):
+        rows = []
+        for t, m in order:
+            vals = np.asarray([r[key] for r in groups[(t, m)]])
+            rows.append([t, m, *[f"{v:.3f}" for v in vals.mean(0)], f"{vals[:, 1:].mean():.3f}"])
+        header = ["task", "method", "emb", *[f"layer {i}" for i in range(1, n_layers)], "mean 1..L"]
+        tables[key] = (label, common.markdown_table(header, rows, align="ll" + "r" * (len(header) - 2)))
+    rows = [["original encoder", "–", "–", f"{100 * base['sts'][-1]:.1f}", "–"]]
+    for t, m in order:
+        rs = groups[(t, m)]
+        metric = main_metric(t)
+        last = [r["sts"][-1] for r in rs]
+        rows.append([t, m, f"{metric} {common.fmt_mean_std([r['metrics'][metric] for r in rs])}",
+                     common.fmt_mean_std(last), f"{100 * (np.mean(last) - base['sts'][-1]):+.1f}"])
+    tables["sts"] = ("behaviour", common.markdown_table(
+        ["task", "method", "task dev score (x100)", "STS-B Spearman x100 (last layer)", "Δ vs original"], rows,
+        align="lllrr"))
+    return {"tables": tables, "groups": groups, "order": order}
+
+
+def plot(summary: dict, base: dict, path: Path) -> Optional[Path]:
+    if not summary["order"]:
+        return None
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(13.5, 4.0), dpi=110)
+    FigureCanvasAgg(fig)
+    axes = [fig.add_subplot(1, 3, i + 1) for i in range(3)]
+    tasks = list(dict.fromkeys(t for t, _ in summary["order"]))
+    colors = {t: f"C{i}" for i, t in enumerate(tasks)}
+    for t, m in summary["order"]:
+        rs = summary["groups"][(t, m)]
+        style = "--" if m == "full" else "-"
+        for ax, key in zip(axes, ("rsa", "cka", "sts")):
+            ys = np.asarray([r[key] for r in rs]).mean(0)
+            ax.plot(range(len(ys)), ys, style, marker="o", color=colors[t], label=f"{t} {m}")
+    axes[2].plot(range(len(base["sts"])), base["sts"], ":", marker="s", color="k", label="original")
+    for ax, title in zip(axes, ("RSA to the original encoder", "linear CKA to the original encoder",
+                                "STS-B Spearman of mean-pooled cosine")):
+        ax.set_title(title)
+        ax.set_xlabel("layer (0 = embeddings)")
+        ax.set_xticks(range(len(base["sts"])))
+        ax.ticklabel_format(axis="y", useOffset=False)
+        ax.grid(True, alpha=0.3)
+    axes[0].set_ylabel("similarity")
+    axes[2].legend(loc="lower right", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(str(path), format="png")
+    return path
+
+
+# ---------------------------------------------------------------- study
+def run(args: argparse.Namespace, command: str) -> dict:
+    t0 = time.time()
+    tasks, seeds = parse_tasks(args.tasks), parse_list(args.seeds, int)
+    methods = parse_methods(args.methods, args.adapter, args.adapter_lr, args.full_lr)
+    tuner = make_tuner(args)
+    out = Path(args.out)
+    probes = probe_sentences(args.probe_task, args.probe_split, args.probe_size, tuner.data_dir)
+    pairs = sts_pairs(args.sts_task, args.sts_size, tuner.data_dir)
+    settings = settings_of(args, tuner, epochs=args.epochs, probe=f"{args.probe_task}/{args.probe_split}",
+                           probe_size=len(probes), level=args.level, sts=args.sts_task, sts_size=len(pairs[2]))
+    grid = [(task, n, m, seed) for task, n in tasks for m in methods for seed in seeds]
+    specs = [dict(study="forgetting", what="base", **settings)]
+    specs += [dict(study="forgetting", task=t, train_size=n, method=m.name, kind=m.kind, bottleneck=m.bottleneck,
+                   lr=m.lr, seed=seed, **settings) for t, n, m, seed in grid]
+    study = Study(out / f"{args.name}.jsonl", specs)
+    base_model, base_params = tuner.base()
+    base = study.once(specs[0], lambda: {"sts": sts_spearman(base_model, base_params, tuner.tokenizer, pairs,
+                                                             tuner.max_length)},
+                      what="original encoder", show=lambda r: f"STS-B Spearman {r['sts'][-1]:.4f}")
+    records = []
+    for (task, n, m, seed), spec in zip(grid, specs[1:]):
+        def one(task=task, n=n, m=m, seed=seed):
+            train, dev = tuner.task_data(task, train_size=n, seed=seed, dev_limit=args.dev_limit)
+            res = tuner.run(m, task, train, dev, seed=seed, epochs=args.epochs, return_params=True)
+            model, params = tuner.tuned(m, task, res["trainable"])
+            with common.Timer() as t:
+                sim = compare_to_base(tuner, model, params, probes, args.level)
+                sts = sts_spearman(model, params, tuner.tokenizer, pairs, tuner.max_length)
+            return dict(task=task, method=m.name, seed=seed, metrics=res["final"], steps=res["steps"],
+                        train_examples=int(len(train["labels"])), dev_examples=int(len(dev["labels"])),
+                        **sim, sts=sts, wall_s=round(res["wall_s"] + t.wall, 2), cpu_s=round(res["cpu_s"] + t.cpu, 2))
+        records.append(study.once(spec, one, what=f"{task} {m.name} seed {seed}",
+                                  show=lambda r: f"dev {r['metrics'][main_metric(r['task'])]:.4f}, RSA mean "
+                                                 f"{np.mean(r['rsa'][1:]):.3f}, STS-B {r['sts'][-1]:.4f} "
+                                                 f"in {r['wall_s']:.0f} s"))
+    summary = summarize(records, base, [t for t, _ in tasks], methods)
+    png = plot(summary, base, out / f"{args.name}.png")
+    run_s, steps = sum(r["wall_s"] for r in records), sum(r["steps"] for r in records)
+    dev_what = f"first {args.dev_limit} rows of the dev split" if args.dev_limit else "full dev split"
+    n_train = sorted({(r["task"], r["train_examples"]) for r in records})
+    (rsa_label, rsa), (cka_label, cka), (_, sts) = (summary["tables"][k] for k in ("rsa", "cka", "sts"))
+    sections = [
+        "He et al. (2021) find that adapter tuning keeps the tuned model's representations much closer to "
+        "the pretrained model's than full fine-tuning (higher RSA, especially in the top layers), i.e. it "
+        "forgets less.",
+        f"## {rsa_label} to the original encoder, per layer\n\n{len(probes)} sentences of "
+        f"{args.probe_task}/{args.probe_split}, {args.level}-level rows, mean over {len(seeds)} seed(s). "
+        "Adapter tuning leaves the embeddings (layer 0) untouched by construction.\n\n" + rsa,
+        f"## {cka_label} to the original encoder, per layer\n\n" + cka,
+        f"## Behaviour: the original skill (sentence similarity) before vs after tuning\n\n"
+        f"Spearman x100 between the cosine of mean-pooled last-layer embeddings and {args.sts_task} dev gold "
+        f"scores ({len(pairs[2])} pairs, no training on them); task dev scores on the {dev_what}.\n\n" + sts,
+        "Train rows per task: " + ", ".join(f"{t} {n}" for t, n in n_train) + f"; {args.epochs:g} epochs; "
+        "learning rates: " + ", ".join(f"{m.name} {m.lr:g}" for m in methods) + ".",
+        f"Summed time of the {len(records)} runs: {common.fmt_duration(run_s)} (training, evaluation, "
+        "comparison and compilation).",
+    ]
+    if png:
+        sections.append(f"![RSA, CKA and STS-B per layer]({png.name})")
+    md = write_report(out / f"{args.name}.md", "Forgetting: how far tuning moves the encoder (He et al. 2021)",
+                      sections, command=command, wall_s=time.time() - t0, settings=settings, quick=args.quick)
+    print(rsa)
+    print(sts)
+    print(f"wrote {md}", flush=True)
+    return {"records": records, "base": base, "summary": summary, "markdown": md, "png": png}
+
+
+def main(argv=None) -> dict:
+    common.reexec_with_allocator("experiments.forgetting", argv)
+    args = parse_args(argv)
+    return run(args, start("experiments.forgetting", args, argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,482 @@
+"""Low-resource study (He et al., ACL 2021, sec. 4): adapters vs full fine-tuning on small
+training subsets, several seeds, mean ± std of the task metric on the full dev set.
+
+    python -m experiments.low_resource --quick                  # minutes: RTE 256 rows, 2 seeds
+    python -m experiments.low_resource                          # CPU-sized full study (resumable)
+    python -m experiments.low_resource --tasks rte,mrpc,stsb,sst2,cola --sizes 1000,2000,4000,full \
+        --seeds 0,1,2,3,4 --epochs 10                           # the paper-sized grid (GPU/TPU)
+
+Grid: task x train size x method x seed. Sizes above a task's train split are skipped; "full"
+is the whole split, used only for small tasks (<= ``--full-max`` rows). The subset of size
+n for seed s is ``jadapt.data.subsample(train, n, s)``: each seed draws its own subset, own
+adapter/head init, dropout and batch order. Methods: Houlsby adapters (bottleneck 64, 256;
+LayerNorms train, as He et al.) and full fine-tuning, each at jadapt's default learning rate.
+
+Every finished run is one line of ``<out>/<name>.jsonl``; a restarted study skips what is
+there (same settings), so it can be stopped and resumed at any time. Results: ``<out>/<name>.md``
+(table, command, hardware, wall time) and ``<out>/<name>.png``.
+
+The helpers in the "shared" section (``Tuner``, ``RunLog``, ``Method`` ...) are used by the
+other effectiveness studies too (forgetting, lr_robustness, overfitting, cross_lingual).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from experiments import common
+
+RESULTS = Path(__file__).resolve().parent / "results"
+REPO = Path(__file__).resolve().parents[1]
+ADAPTER_LR = 1e-3  # jadapt.train.config.DEFAULT_LR["houlsby"]
+FULL_LR = 5e-5  # jadapt.train.config.DEFAULT_LR["full"]
+
+
+# =============================================================================== shared
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """One tuning method of a study: ``kind`` "houlsby" | "pfeiffer" | "full"."""
+
+    name: str
+    kind: str
+    bottleneck: Optional[int]
+    lr: float
+
+    def __post_init__(self):
+        if self.kind not in ("houlsby", "pfeiffer", "full"):
+            raise ValueError(f"method kind {self.kind!r} is not supported; expected houlsby, pfeiffer or full")
+        if (self.kind == "full") != (self.bottleneck is None):
+            raise ValueError(f"method {self.name!r}: bottleneck is for adapters only, got {self.bottleneck}")
+        if not self.lr > 0:
+            raise ValueError(f"method {self.name!r}: lr must be > 0, got {self.lr}")
+
+
+def parse_methods(spec: str, adapter: str = "houlsby", adapter_lr: float = ADAPTER_LR,
+                  full_lr: float = FULL_LR) -> list[Method]:
+    """"adapter64,adapter256,full" -> Methods (``adapter<m>`` = ``adapter`` kind, bottleneck m)."""
+    out = []
+    for name in (s.strip() for s in spec.split(",") if s.strip()):
+        if name == "full":
+            out.append(Method("full", "full", None, full_lr))
+        elif name.startswith("adapter") and name[len("adapter"):].isdigit():
+            out.append(Method(name, adapter, int(name[len("adapter"):]), adapter_lr))
+        else:
+            raise ValueError(f"method {name!r} is not supported; expected 'full' or 'adapter<bottleneck>' (adapter64)")
+    if not out:
+        raise ValueError("--methods names no method")
+    return out
+
+
+def parse_list(text: str, cast=str) -> list:
+    return [cast(s.strip()) for s in str(text).split(",") if s.strip()]
+
+
+class Tuner:
+    """Trains ``Method``s on tasks with few compilations.
+
+    One ``jadapt.train.runner.Runner`` per (method, head shape): tasks whose heads have the
+    same shape (all binary tasks) share its compiled steps, because the adapter is named
+    "task" whatever the task. ``start(seed)`` gives each seed fresh adapter / head values
+    (the pretrained leaves stay as loaded).
+    """
+
+    ADAPTER = "task"
+
+    def __init__(self, model: Optional[str] = None, *, max_length: int = 128, batch_size: int = 32,
+                 eval_batch_size: int = 64, compute_dtype: str = "float32", data_dir: Optional[str] = None):
+        from transformers import AutoTokenizer
+
+        from jadapt.models.config import EncoderConfig
+        from jadapt.models.hf import resolve_model_path
+
+        self.model_dir = resolve_model_path(model)
+        self.model_name = str(model) if model else "all-MiniLM-L6-v2 (packaged)"
+        self.config = EncoderConfig.from_pretrained(self.model_dir)
+        if max_length > self.config.max_length:
+            raise ValueError(f"max_length {max_length} exceeds the model's maximum {self.config.max_length}")
+        self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir))
+        self.max_length, self.compute_dtype, self.data_dir = max_length, compute_dtype, data_dir
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self._setups: dict = {}
+        self._encoded: dict = {}
+        self._state_dict = None
+        self._base = None
+
+    # ---------------------------------------------------------------- data
+    def encoded(self, task, split: str) -> dict:
+        """All rows of ``task``'s ``split``, tokenised (cached)."""
+        from jadapt import data
+
+        spec = data.get_task(task)
+        key = (spec.name, split)
+        if key not in self._encoded:
+            rows = data.load_split(spec, split, self.data_dir)
+            self._encoded[key] = data.encode(spec, rows, self.tokenizer, self.max_length,
+                                             model_max_length=self.config.max_length)
+        return self._encoded[key]
+
+    def task_data(self, task, *, train_size: Optional[int] = None, seed: int = 0,
+                  dev_limit: Optional[int] = None) -> tuple[dict, dict]:
+        """(train, dev) encoded: a seeded ``train_size`` subset (None = all), the dev split
+        (its first ``dev_limit`` rows when given: quick modes only)."""
+        from jadapt import data
+
+        spec = data.get_task(task)
+        train = self.encoded(spec, spec.train_split)
+        if train_size is not None and train_size < data.num_rows(train):
+            train = data.subsample(train, train_size, seed)
+        dev = self.encoded(spec, spec.dev_split)
+        if dev_limit is not None and dev_limit < data.num_rows(dev):
+            dev = data.take(dev, np.arange(dev_limit))
+        return train, dev
+
+    # ---------------------------------------------------------------- models
+    def head(self, task):
+        from jadapt import data
+        from jadapt.models.model import HeadConfig
+
+        spec = data.get_task(task)
+        return HeadConfig(num_labels=1 if spec.regression else spec.num_labels, regression=spec.regression)
+
+    def setup(self, method: Method, task) -> dict:
+        """{"runner", "model", "init", "loaded"} for ``method`` with ``task``'s head shape."""
+        import jax
+        import jax.numpy as jnp
+
+        from jadapt import tree
+        from jadapt.adapters.config import preset
+        from jadapt.models.hf import convert_state_dict, read_state_dict
+        from jadapt.models.pretrained import load_pretrained, param_shapes
+        from jadapt.train.optim import trainable_labels, trainable_rules
+        from jadapt.train.runner import Runner
+
+        head = self.head(task)
+        key = (method.kind, method.bottleneck, head.num_labels, head.regression)
+        if key in self._setups:
+            return self._setups[key]
+        adapters = () if method.kind == "full" else ((self.ADAPTER, preset(method.kind, bottleneck=method.bottleneck)),)
+        model, params = load_pretrained(self.model_dir, adapters=adapters, head=head, compute_dtype=self.compute_dtype)
+        ln = bool(adapters) and adapters[0][1].train_layer_norms
+        labels = trainable_labels(params, trainable_rules(method.kind, [n for n, _ in adapters], train_layer_norms=ln))
+        runner = Runner(model, params, labels, regression=head.regression, batch_size=self.batch_size,
+                        eval_batch_size=self.eval_batch_size)
+        if self._state_dict is None:
+            self._state_dict = read_state_dict(self.model_dir)
+        loaded = set(tree.flatten(convert_state_dict(self._state_dict, param_shapes(model))))
+        ids = jnp.ones((1, 8), jnp.int32)
+        init = jax.jit(lambda k: model.init({"params": k}, ids, jnp.ones_like(ids))["params"])
+        self._setups[key] = {"runner": runner, "model": model, "init": init, "loaded": loaded}
+        return self._setups[key]
+
+    def start(self, method: Method, task, seed: int) -> dict:
+        """Initial trainable leaves for ``seed``: pretrained where the checkpoint has them,
+        fresh (seeded) adapter / head values elsewhere."""
+        import jax
+
+        from jadapt import tree
+
+        s = self.setup(method, task)
+        base = tree.flatten(s["runner"].init_trainable)
+        new = [p for p in base if p not in s["loaded"]]
+        fresh = tree.flatten(s["init"](jax.random.key(seed)))
+        return tree.unflatten({p: (fresh[p] if p in new else x) for p, x in base.items()})
+
+    def run(self, method: Method, task, train: dict, dev: dict, *, seed: int, epochs: float,
+            lr: Optional[float] = None, eval_each_epoch: bool = False, return_params: bool = False) -> dict:
+        """One training run (``Runner.run``) from the seed's initial values; adds "wall_s" and
+        "cpu_s" (process CPU seconds, all threads: on a shared machine the better cost measure)."""
+        s = self.setup(method, task)
+        with common.Timer() as t:
+            out = s["runner"].run(task, train, dev, seed=seed, epochs=epochs, lr=method.lr if lr is None else lr,
+                                  trainable=self.start(method, task, seed), eval_each_epoch=eval_each_epoch,
+                                  return_params=return_params)
+        out["wall_s"], out["cpu_s"] = round(t.wall, 2), round(t.cpu, 2)
+        return out
+
+    def base(self) -> tuple[Any, dict]:
+        """(model, params) of the original encoder: no adapters, no head (cached)."""
+        if self._base is None:
+            from jadapt.models.pretrained import load_pretrained
+
+            self._base = load_pretrained(self.model_dir, compute_dtype=self.compute_dtype)
+        return self._base
+
+    def tuned(self, method: Method, task, trainable: dict) -> tuple[Any, dict]:
+        """(model, all params) of a tuned run (``run(..., return_params=True)["trainable"]``)."""
+        from jadapt import tree
+
+        s = self.setup(method, task)
+        return s["model"], tree.merge(s["runner"].frozen, trainable)
+
+    def trainable_count(self, method: Method, task) -> int:
+        from jadapt import tree
+
+        return tree.count(self.setup(method, task)["runner"].init_trainable)
+
+
+class Study:
+    """A resumable grid: runs keyed by their settings in a ``common.RunLog``, progress printed.
+
+    >>> study = Study(log_path, total=len(grid))
+    >>> rec = study.once(spec, lambda: {...result...}, what="rte n=1000 adapter64 seed 0")
+    """
+
+    def __init__(self, path: str | os.PathLike, specs: Sequence[dict]):
+        self.log = common.RunLog(path)
+        self.by_key = {r["key"]: r for r in self.log}
+        keys = [common.run_key(s) for s in specs]
+        self.progress = common.Progress(len(specs), already_done=sum(k in self.by_key for k in set(keys)))
+        print(f"{len(specs)} runs ({self.progress.done} done earlier) -> {self.log.path}", flush=True)
+
+    def once(self, spec: dict, fn, *, what: str, show=None) -> dict:
+        """The record of ``spec``: from the log, else ``fn()`` (a dict) run now and logged."""
+        key = common.run_key(spec)
+        if key in self.by_key:
+            print(f"[skip] {what}: done earlier", flush=True)
+            return self.by_key[key]
+        rec = {"key": key, "spec": spec, **fn()}
+        self.log.append(rec)
+        self.by_key[key] = rec
+        self.progress.step(f"{what}: {show(rec) if show else ''}")
+        return rec
+
+
+def add_common_args(p: argparse.ArgumentParser, *, name: str) -> argparse.ArgumentParser:
+    p.add_argument("--quick", action="store_true", help="a minutes-long version (smoke test / timing)")
+    p.add_argument("--model", default=None, help="HF model dir or hub id (default: packaged all-MiniLM-L6-v2)")
+    p.add_argument("--data-dir", default=None, help="task data root (default: $JADAPT_DATA_DIR, else ../shared/data)")
+    p.add_argument("--out", default=str(RESULTS), help="results directory (report, PNG, JSONL of finished runs)")
+    p.add_argument("--name", default=None, help=f"results file stem (default: {name}, {name}_quick with --quick)")
+    p.add_argument("--adapter", default="houlsby", choices=("houlsby", "pfeiffer"), help="adapter architecture")
+    p.add_argument("--adapter-lr", type=float, default=ADAPTER_LR)
+    p.add_argument("--full-lr", type=float, default=FULL_LR)
+    p.add_argument("--max-length", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--eval-batch-size", type=int, default=64)
+    p.add_argument("--compute-dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--dev-limit", type=int, default=None, help="score only the first N dev rows (quick checks)")
+    p.add_argument("--compile-cache", default="runs/jax_cache", help="XLA persistent compilation cache dir ('' = off)")
+    return p
+
+
+def finish_args(args: argparse.Namespace, name: str, quick: dict, full: dict) -> argparse.Namespace:
+    """Fill unset options from the quick / full defaults and name the results files."""
+    for k, v in (quick if args.quick else full).items():
+        if getattr(args, k, None) is None:
+            setattr(args, k, v)
+    args.name = args.name or (f"{name}_quick" if args.quick else name)
+    return args
+
+
+def start(module: str, args: argparse.Namespace, argv) -> str:
+    """Process settings + the command that reproduces this invocation."""
+    common.enable_compile_cache(args.compile_cache)
+    rel = module.replace(".", "/") + ".py"
+    return common.command_line([rel, *(sys.argv[1:] if argv is None else argv)])
+
+
+def make_tuner(args) -> Tuner:
+    data_dir = args.data_dir or common.default_data_dir()
+    return Tuner(args.model, max_length=args.max_length, batch_size=args.batch_size,
+                 eval_batch_size=args.eval_batch_size, compute_dtype=args.compute_dtype,
+                 data_dir=None if data_dir is None else str(data_dir))
+
+
+def settings_of(args: argparse.Namespace, tuner: Tuner, **extra) -> dict:
+    """What every run's result depends on besides its own cell (part of every run key)."""
+    return dict(model=tuner.model_name, adapter=args.adapter, max_length=args.max_length,
+                batch_size=args.batch_size, compute_dtype=args.compute_dtype, dev_limit=args.dev_limit, **extra)
+
+
+def write_report(path: Path, title: str, sections: Sequence[str], *, command: str, wall_s: float,
+                 settings: dict, quick: bool) -> Path:
+    """Markdown: title, sections, then provenance (command, hardware, software, wall time)."""
+    hw, sw = common.hardware(), common.software()
+    text = [f"# {title}" + (" (QUICK MODE: tiny budgets, plumbing + timing, not a result)" if quick else ""), "",
+            *[s.rstrip() + "\n" for s in sections],
+            "## Provenance", "",
+            f"- command: `{command}`",
+            "- settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()),
+            f"- wall time of this invocation: {common.fmt_duration(wall_s)} (runs found in the JSONL were "
+            "skipped; per-run wall times are in it)",
+            f"- hardware: {hw['cpu_model']}, {hw['cores_available']} cores, {hw.get('memory_gb')} GB, "
+            f"load average {hw.get('load_average_1m')} at the end (machine shared with other jobs); "
+            f"JAX devices: {hw.get('jax_devices')}; allocator: {os.environ.get('LD_PRELOAD') or 'system'}",
+            "- software: " + ", ".join(f"{k} {v}" for k, v in sw.items()), ""]
+    return common.write_text_atomic(path, "\n".join(text))
+
+
+def new_figure(n_panels: int, *, width: float = 4.2, height: float = 3.4):
+    """(fig, axes) on matplotlib's Agg canvas (no pyplot state), one panel per task."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width * n_panels, height), dpi=110)
+    FigureCanvasAgg(fig)
+    axes = [fig.add_subplot(1, n_panels, i + 1) for i in range(n_panels)]
+    return fig, axes
+
+
+def main_metric(task) -> str:
+    from jadapt import data
+
+    return data.get_task(task).metrics[0]
+
+
+# =============================================================================== study
+QUICK = dict(tasks="rte", sizes="256", seeds="0,1", methods="adapter64,full", epochs=1.0, max_length=64,
+             dev_limit=128)
+FULL = dict(tasks="rte,mrpc,stsb,sst2", sizes="1000,2000,4000,full", seeds="0,1,2",
+            methods="adapter64,adapter256,full", epochs=3.0, max_length=128, dev_limit=None)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = add_common_args(argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                                formatter_class=argparse.RawDescriptionHelpFormatter),
+                        name="low_resource")
+    p.add_argument("--tasks", default=None, help=f"comma list (default {FULL['tasks']})")
+    p.add_argument("--sizes", default=None, help=f"train subset sizes, 'full' = whole split (default {FULL['sizes']})")
+    p.add_argument("--full-max", type=int, default=6000, help="'full' only for tasks with at most this many train rows")
+    p.add_argument("--seeds", default=None, help=f"(default {FULL['seeds']})")
+    p.add_argument("--methods", default=None, help=f"adapter<bottleneck> and/or full (default {FULL['methods']})")
+    p.add_argument("--epochs", type=float, default=None, help=f"(default {FULL['epochs']})")
+    return finish_args(p.parse_args(argv), "low_resource", QUICK, FULL)
+
+
+def plan(tuner: Tuner, tasks: Sequence[str], sizes: Sequence[str], full_max: int) -> list[tuple[str, Any]]:
+    """(task, size) cells: int sizes below the split size, "full" for small splits."""
+    from jadapt import data
+
+    cells = []
+    for task in tasks:
+        spec = data.get_task(task)
+        n = data.num_rows(tuner.encoded(spec, spec.train_split))
+        for s in sizes:
+            if s == "full":
+                if n <= full_max:
+                    cells.append((task, "full"))
+            elif int(s) < n:
+                cells.append((task, int(s)))
+    return cells
+
+
+def summarize(records: Sequence[dict], tasks: Sequence[str], methods: Sequence[Method]) -> tuple[str, dict]:
+    """Markdown table (task, size) x method of mean ± std of the main metric, and the numbers."""
+    stats: dict = {}
+    for r in records:
+        stats.setdefault((r["task"], r["size"], r["method"]), []).append(r["metrics"][main_metric(r["task"])])
+    cells = sorted({(t, s) for t, s, _ in stats},
+                   key=lambda c: (tasks.index(c[0]), math.inf if c[1] == "full" else c[1]))
+    names = [m.name for m in methods]
+    adapters = [m.name for m in methods if m.kind != "full"]
+    rows = []
+    for task, size in cells:
+        n_train = next(r["train_examples"] for r in records if r["task"] == task and r["size"] == size)
+        vals = {n: stats.get((task, size, n), []) for n in names}
+        row = [task, main_metric(task), str(size) if size != "full" else f"full ({n_train})"]
+        row += [common.fmt_mean_std(vals[n], show_n=True) for n in names]
+        if "full" in names and vals["full"] and adapters and vals[adapters[0]]:
+            row.append(f"{100 * (np.mean(vals[adapters[0]]) - np.mean(vals['full'])):+.1f}")
+        elif "full" in names and adapters:
+            row.append("–")
+        rows.append(row)
+    header = ["task", "metric", "train size", *names]
+    if "full" in names and adapters:
+        header.append(f"{adapters[0]} − full")
+    return common.markdown_table(header, rows, align="lll" + "r" * (len(header) - 3)), stats
+
+
+def plot(stats: dict, tasks: Sequence[str], methods: Sequence[Method], path: Path) -> Optional[Path]:
+    present = [t for t in tasks if any(k[0] == t for k in stats)]
+    if not present:
+        return None
+    fig, axes = new_figure(len(present))
+    for ax, task in zip(axes, present):
+        sizes = sorted({k[1] for k in stats if k[0] == task}, key=lambda s: math.inf if s == "full" else s)
+        xs = np.arange(len(sizes), dtype=float)
+        for j, m in enumerate(methods):
+            ys = [stats.get((task, s, m.name), []) for s in sizes]
+            ok = [i for i, y in enumerate(ys) if y]
+            ax.errorbar(xs[ok] + (j - (len(methods) - 1) / 2) * 0.06, [100 * np.mean(ys[i]) for i in ok],
+                        yerr=[100 * np.std(ys[i], ddof=1) if len(ys[i]) > 1 else 0.0 for i in ok],
+                        marker="o", capsize=3, label=m.name)
+        ax.set_xticks(xs)
+        ax.set_xticklabels([str(s) for s in sizes])
+        ax.set_xlabel("train examples")
+        ax.set_ylabel(f"dev {main_metric(task)} (x100)")
+        ax.set_title(task)
+        ax.grid(True, alpha=0.3)
+    axes[0].legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(str(path), format="png")
+    return path
+
+
+def run(args: argparse.Namespace, command: str) -> dict:
+    t0 = time.time()
+    tasks, seeds, sizes = parse_list(args.tasks), parse_list(args.seeds, int), parse_list(args.sizes)
+    methods = parse_methods(args.methods, args.adapter, args.adapter_lr, args.full_lr)
+    tuner = make_tuner(args)
+    out = Path(args.out)
+    settings = settings_of(args, tuner, epochs=args.epochs)
+    grid = [(task, size, m, seed) for task, size in plan(tuner, tasks, sizes, args.full_max)
+            for m in methods for seed in seeds]
+    specs = [dict(study="low_resource", task=t, size=s, method=m.name, kind=m.kind, bottleneck=m.bottleneck,
+                  lr=m.lr, seed=seed, **settings) for t, s, m, seed in grid]
+    study = Study(out / f"{args.name}.jsonl", specs)
+    records = []
+    for (task, size, m, seed), spec in zip(grid, specs):
+        def one(task=task, size=size, m=m, seed=seed):
+            train, dev = tuner.task_data(task, train_size=None if size == "full" else size, seed=seed,
+                                         dev_limit=args.dev_limit)
+            res = tuner.run(m, task, train, dev, seed=seed, epochs=args.epochs)
+            return dict(task=task, size=size, method=m.name, seed=seed, metrics=res["final"], steps=res["steps"],
+                        train_examples=int(len(train["labels"])), dev_examples=int(len(dev["labels"])),
+                        wall_s=res["wall_s"], cpu_s=res["cpu_s"])
+        records.append(study.once(spec, one, what=f"{task} n={size} {m.name} seed {seed}",
+                                  show=lambda r: f"{main_metric(r['task'])} {r['metrics'][main_metric(r['task'])]:.4f}"
+                                                 f" in {r['wall_s']:.0f} s"))
+    table, stats = summarize(records, tasks, methods)
+    png = plot(stats, tasks, methods, out / f"{args.name}.png")
+    params = common.markdown_table(
+        ["method", "kind", "bottleneck", "lr", "trainable params"],
+        [[m.name, m.kind, m.bottleneck or "–", m.lr, f"{tuner.trainable_count(m, tasks[0]):,}"] for m in methods])
+    run_s, steps = sum(r["wall_s"] for r in records), sum(r["steps"] for r in records)
+    dev_what = f"first {args.dev_limit} rows of the dev split" if args.dev_limit else "full dev split"
+    sections = [
+        "He et al. (2021) find adapters better than full fine-tuning when training data is scarce, "
+        "with the gap closing as data grows. Here: Houlsby-style adapters (LayerNorms train too) vs full "
+        "fine-tuning of the packaged encoder unless `--model` says otherwise.",
+        f"## Dev {', '.join(sorted({main_metric(t) for t in tasks}))} (x100), mean ± sample std over seeds\n\n"
+        f"Each seed draws its own training subset, adapter/head init, dropout and batch order; the score is the "
+        f"task's main metric on the {dev_what} after the last epoch (no early stopping, no model selection).\n\n"
+        + table,
+        "## Methods\n\n" + params,
+        f"Summed time of the {len(records)} runs: {common.fmt_duration(run_s)} "
+        f"({run_s / max(steps, 1):.2f} s per train step, evaluation and compilation included).",
+    ]
+    if png:
+        sections.append(f"![dev metric vs train size]({png.name})")
+    md = write_report(out / f"{args.name}.md", "Low-resource: adapters vs full fine-tuning (He et al. 2021)",
+                      sections, command=command, wall_s=time.time() - t0, settings=settings, quick=args.quick)
+    print(table)
+    print(f"wrote {md}" + (f" and {png}" if png else ""), flush=True)
+    return {"records": records, "stats": stats, "markdown": md, "png": png}
+
+
+def main(argv=None) -> dict:
+    common.reexec_with_allocator("experiments.low_resource", argv)
+    args = parse_args(argv)
+    return run(args, start("experiments.low_resource", args, argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""MerA study scripts: helpers (properties) and an end-to-end --quick smoke run on a tiny
+random BERT with synthetic tasks (pool training, few-shot grid, resume, report)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from experiments import common
+from experiments import mera_fewshot as fs
+from experiments import mera_pool
+from tests.conftest import write_synthetic_task
+
+
+# ---------------------------------------------------------------- common helpers
+def test_run_key_ignores_key_order_and_sees_values():
+    a = {"x": 1, "y": [1, 2], "z": None}
+    assert common.run_key(a) == common.run_key(dict(reversed(list(a.items()))))
+    assert common.run_key(a) != common.run_key({**a, "x": 2})
+
+
+def test_runlog_resumes_and_ignores_a_torn_line(tmp_path):
+    path = tmp_path / "runs.jsonl"
+    log = common.RunLog(path)
+    log.append({"key": "a", "v": 1})
+    log.append({"key": "b", "v": np.float32(2.5)})
+    with open(path, "a") as f:
+        f.write('{"key": "c", "v"')  # killed mid-write
+    again = common.RunLog(path)
+    assert again.done("a") and again.done("b") and not again.done("c")
+    assert [r["v"] for r in again] == [1, 2.5]
+    with pytest.raises(ValueError, match="key"):
+        again.append({"v": 3})
+
+
+def test_mean_std_and_table():
+    m, s, n = common.mean_std([0.5, 0.7, None, float("nan")])
+    assert n == 2 and m == pytest.approx(0.6) and s == pytest.approx(np.std([0.5, 0.7], ddof=1))
+    assert common.fmt_mean_std([0.5]) == "50.0 ± 0.0"
+    assert common.fmt_mean_std([]) == "–"
+    t = common.markdown_table(["a", "b"], [["x|y", 1.0], ["z", None]])
+    lines = t.splitlines()
+    assert lines[1] == "| --- | ---: |" and "x\\|y" in lines[2] and lines[3].endswith("– |")
+    with pytest.raises(ValueError, match="cells"):
+        common.markdown_table(["a"], [[1, 2]])
+
+
+# ---------------------------------------------------------------- study helpers
+def test_loo_prototype_score_separable_and_confused():
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1, 2], 8)
+    centers = np.eye(3, 16) * 10
+    x = centers[y] + rng.normal(size=(24, 16))
+    acc, margin = fs.loo_prototype_score(x, y)
+    assert acc == 1.0 and margin > 0.5
+    acc_r, margin_r = fs.loo_prototype_score(rng.normal(size=(24, 16)), y)
+    assert acc_r < 0.8 and margin_r < margin
+    # leave-one-out: a class whose only other member is far away misclassifies its rows
+    x2 = np.array([[1.0, 0], [0, 1.0], [1.0, 0.1], [0.1, 1.0]])
+    assert fs.loo_prototype_score(x2, np.array([0, 0, 1, 1]))[0] == 0.0
+
+
+def test_seeded_init_is_seeded_and_bert_scaled():
+    tree = {"head": {"out": {"kernel": np.ones((384, 3), np.float32), "bias": np.ones(3, np.float32)},
+                     "dense": {"kernel": np.ones((4, 4), np.float32)}}}
+    a = fs.seeded_init(tree, 0, fs.HEAD_OUT)
+    b = fs.seeded_init(tree, 0, fs.HEAD_OUT)
+    c = fs.seeded_init(tree, 1, fs.HEAD_OUT)
+    np.testing.assert_array_equal(a["head"]["out"]["kernel"], b["head"]["out"]["kernel"])
+    assert not np.allclose(a["head"]["out"]["kernel"], c["head"]["out"]["kernel"])
+    assert np.std(np.asarray(a["head"]["out"]["kernel"])) == pytest.approx(0.02, rel=0.1)
+    assert np.all(np.asarray(a["head"]["out"]["bias"]) == 0)
+    assert np.all(np.asarray(a["head"]["dense"]["kernel"]) == 1)  # not matched: untouched
+    with pytest.raises(ValueError, match="no param"):
+        fs.seeded_init(tree, 0, fs.FUSION.replace("^head/out/|", ""))
+
+
+def test_overlay_refuses_unknown_paths_and_shapes():
+    base = {"a": {"kernel": np.zeros((2, 3), np.float32)}}
+    assert np.all(np.asarray(fs.overlay(base, {"a": {"kernel": np.ones((2, 3))}})["a"]["kernel"]) == 1)
+    with pytest.raises(ValueError, match="no place"):
+        fs.overlay(base, {"b": {"kernel": np.ones((2, 3))}})
+    with pytest.raises(ValueError, match="shape"):
+        fs.overlay(base, {"a": {"kernel": np.ones((3, 2))}})
+
+
+def test_plan_order_keys_and_settings_validation():
+    s = fs.Settings(targets=("mrpc", "rte"), ks=(16, 32), seeds=(0, 1), methods=("scratch", "fusion"))
+    p = fs.plan(s)
+    assert len(p) == 2 * 2 * 2 * (1 + 2)
+    assert [x[0] for x in p] == sorted(x[0] for x in p)  # seeds outermost
+    keys = {common.run_key(fs.run_spec(s, t, k, seed, m, mode, model="m", pool_id="p"))
+            for seed, k, t, m, mode in p}
+    assert len(keys) == len(p)
+    # scratch does not depend on the pool; pool methods do
+    assert fs.run_spec(s, "rte", 16, 0, "scratch", None, model="m", pool_id="p1") == \
+        fs.run_spec(s, "rte", 16, 0, "scratch", None, model="m", pool_id="p2")
+    assert fs.run_spec(s, "rte", 16, 0, "fusion", "excluded", model="m", pool_id="p1") != \
+        fs.run_spec(s, "rte", 16, 0, "fusion", "excluded", model="m", pool_id="p2")
+    with pytest.raises(ValueError, match="methods"):
+        fs.Settings(methods=("nope",))
+    with pytest.raises(ValueError, match="regression"):
+        fs.Settings(targets=("stsb",))
+
+
+# ---------------------------------------------------------------- end to end
+@pytest.fixture(scope="module")
+def tiny_setup(tmp_path_factory, tiny_model_dir):
+    root = tmp_path_factory.mktemp("mera")
+    data = root / "data"
+    for i, task in enumerate(("rte", "mrpc", "stsb")):
+        write_synthetic_task(data, task, n_train=96, n_dev=40, seed=i)
+    return root, data, tiny_model_dir
+
+
+@pytest.mark.slow  # ~90 s of CPU (pool fits + ~8 compiled runners), minutes on a loaded machine
+def test_quick_study_end_to_end_and_resume(tiny_setup):
+    root, data, model = tiny_setup
+    pool_dir = root / "pool"
+    entries = mera_pool.main(["--quick", "--tasks", "rte,mrpc,stsb", "--pool", str(pool_dir), "--model", str(model),
+                              "--data-dir", str(data), "--report", str(root / "pool.md"), "--compile-cache", ""])
+    manifest = json.loads((pool_dir / "pool.json").read_text())
+    assert [e["task"] for e in manifest["adapters"]] == ["rte", "mrpc", "stsb"]
+    assert {e["track"] for e in entries} == {"nli", "paraphrase"}
+    assert all(e["train_rows"] == 64 and 0 <= e["dev_score"] <= 1 or e["regression"] for e in entries)
+    assert "| rte | nli |" in (root / "pool.md").read_text()
+
+    out = root / "mera.md"
+    argv = ["--quick", "--pool", str(pool_dir), "--targets", "rte,mrpc", "--epochs", "2",
+            "--methods", "scratch,best-single,fusion,mera-align-activations,mera-same-track",
+            "--model", str(model), "--data-dir", str(data), "--out", str(out), "--compile-cache", ""]
+    res = fs.main(argv)
+    runs = [json.loads(line) for line in open(out.with_suffix(".jsonl")) if '"kind": "run"' in line]
+    assert len(runs) == 2 * (1 + 4 * 2)
+    by = {(r["target"], r["method"], r["pool_mode"]): r for r in runs}
+    # RTE is the only nli adapter: excluding it leaves no same-track adapter
+    assert by[("rte", "mera-same-track", "excluded")]["status"] == "skipped"
+    assert by[("mrpc", "mera-same-track", "excluded")]["members"] == ["stsb"]
+    assert set(by[("mrpc", "mera-same-track", "included")]["members"]) == {"mrpc", "stsb"}
+    for (target, method, mode), r in by.items():
+        if r["status"] != "ok":
+            continue
+        assert 0.0 <= r["main"] <= 1.0 and r["steps"] == 2 * 1 and r["train_rows"] == 32
+        if mode == "excluded":
+            assert target not in r.get("members", []) and r.get("reference") != target
+        if method == "fusion":
+            assert len(r["members"]) == (2 if mode == "excluded" else 3)
+    assert by[("rte", "best-single", "excluded")]["reference"] in ("mrpc", "stsb")
+    report = out.read_text()
+    assert "### RTE" in report and "### MRPC" in report and "Projected" in report
+    assert out.with_suffix(".png").is_file()
+    proj = res["projection"]
+    assert proj["total_s"] > proj["compile_s"] >= 0 and not proj["unmeasured"]
+    assert proj["runs"] == 2 * 3 * 5 * (1 + 4 * 2) - 3 * 5  # rte same-track (excluded) is skipped at every k, seed
+
+    # resume: nothing is retrained, the JSONL does not grow
+    n_lines = len(open(out.with_suffix(".jsonl")).readlines())
+    fs.main(argv)
+    assert len(open(out.with_suffix(".jsonl")).readlines()) == n_lines
