@@ -49,6 +49,7 @@ def main(argv=None):
     ap.add_argument("--model", default=None)
     ap.add_argument("--quick", action="store_true", help="first learning rate of each row group only")
     ap.add_argument("--out", default=str(RESULTS / "defaults.md"))
+    ap.add_argument("--report-only", action="store_true", help="rewrite the table from the saved runs")
     args = ap.parse_args(argv)
 
     from jadapt import data
@@ -65,7 +66,7 @@ def main(argv=None):
     t0 = time.time()
     for task_name, method, size, epochs, pooling, lrs in GRID:
         todo = [lr for lr in (lrs[:1] if args.quick else lrs) if (task_name, method, pooling, lr) not in done]
-        if not todo:
+        if not todo or args.report_only:
             continue
         task, model, params, labels = build(task_name, method, pooling, model_dir)
         train = data.encode(task, data.subsample(data.load_split(task, "train", args.data_dir), size, 0),

@@ -23,6 +23,7 @@ in tuning:
 The tuned models' own dev scores are reported too (to show the comparison is between models
 that learned their task). Every finished run is one line of ``<out>/<name>.jsonl``; a
 restarted study skips what is there. Results: ``<out>/<name>.md`` and ``<out>/<name>.png``.
+Cost of the full default (``--dry-run``): 6 runs, ~1 CPU hour (~30 min on 2 idle cores).
 """
 from __future__ import annotations
 
@@ -34,8 +35,9 @@ from typing import Optional, Sequence
 import numpy as np
 
 from experiments import common
-from experiments.low_resource import (Method, Study, Tuner, add_common_args, finish_args, main_metric, make_tuner,
-                                      parse_list, parse_methods, settings_of, start, write_report)
+from experiments.low_resource import (Cost, Method, Study, Tuner, add_common_args, cost_line, finish_args,
+                                      main_metric, make_tuner, parse_list, parse_methods, settings_of, start,
+                                      write_report)
 
 QUICK = dict(tasks="sst2:256", seeds="0", methods="adapter64,full", epochs=1.0, max_length=64, dev_limit=128,
              probe_size=64, sts_size=128)
@@ -210,6 +212,17 @@ def run(args: argparse.Namespace, command: str) -> dict:
     specs += [dict(study="forgetting", task=t, train_size=n, method=m.name, kind=m.kind, bottleneck=m.bottleneck,
                    lr=m.lr, seed=seed, **settings) for t, n, m, seed in grid]
     study = Study(out / f"{args.name}.jsonl", specs)
+    if args.dry_run:  # comparison forwards: probes + both STS sides, through the tuned and the original model
+        probe_enc = {"input_ids": np.zeros((len(probes), tuner.max_length), np.int32),
+                     "lengths": np.full(len(probes), tuner.max_length // 2, np.int32)}
+        sts_enc = {"input_ids": np.zeros((2 * len(pairs[2]), tuner.max_length), np.int32),
+                   "lengths": np.full(2 * len(pairs[2]), tuner.max_length // 2, np.int32)}
+        cost = Cost(tuner)
+        for task, n, m, seed in study.todo(grid, specs[1:]):
+            train, dev = tuner.task_data(task, train_size=n, seed=seed, dev_limit=args.dev_limit)
+            cost.add(m, train, args.epochs, [dev, probe_enc, probe_enc, sts_enc])
+        print(cost.report() + "\n(probe / STS forwards counted at half the max length)", flush=True)
+        return {"cost": cost}
     base_model, base_params = tuner.base()
     base = study.once(specs[0], lambda: {"sts": sts_spearman(base_model, base_params, tuner.tokenizer, pairs,
                                                              tuner.max_length)},
@@ -232,7 +245,6 @@ def run(args: argparse.Namespace, command: str) -> dict:
                                                  f"in {r['wall_s']:.0f} s"))
     summary = summarize(records, base, [t for t, _ in tasks], methods)
     png = plot(summary, base, out / f"{args.name}.png")
-    run_s, steps = sum(r["wall_s"] for r in records), sum(r["steps"] for r in records)
     dev_what = f"first {args.dev_limit} rows of the dev split" if args.dev_limit else "full dev split"
     n_train = sorted({(r["task"], r["train_examples"]) for r in records})
     (rsa_label, rsa), (cka_label, cka), (_, sts) = (summary["tables"][k] for k in ("rsa", "cka", "sts"))
@@ -249,8 +261,7 @@ def run(args: argparse.Namespace, command: str) -> dict:
         f"scores ({len(pairs[2])} pairs, no training on them); task dev scores on the {dev_what}.\n\n" + sts,
         "Train rows per task: " + ", ".join(f"{t} {n}" for t, n in n_train) + f"; {args.epochs:g} epochs; "
         "learning rates: " + ", ".join(f"{m.name} {m.lr:g}" for m in methods) + ".",
-        f"Summed time of the {len(records)} runs: {common.fmt_duration(run_s)} (training, evaluation, "
-        "comparison and compilation).",
+        cost_line(records),
     ]
     if png:
         sections.append(f"![RSA, CKA and STS-B per layer]({png.name})")

@@ -13,11 +13,18 @@ adapter/head init, dropout and batch order. Methods: Houlsby adapters (bottlenec
 LayerNorms train, as He et al.) and full fine-tuning, each at jadapt's default learning rate.
 
 Every finished run is one line of ``<out>/<name>.jsonl``; a restarted study skips what is
-there (same settings), so it can be stopped and resumed at any time. Results: ``<out>/<name>.md``
+there (same settings), so it can be stopped and resumed at any time; work can be split with
+``--tasks`` and the full command rerun at the end writes the combined report. Cost of the full
+default (``--dry-run``): 117 runs, ~10 CPU hours, i.e. ~5 h on 2 idle cores (the quick mode:
+~1.5 CPU min; on this shared machine wall time was 4-7x the CPU time / 2). Results: ``<out>/<name>.md``
 (table, command, hardware, wall time) and ``<out>/<name>.png``.
 
-The helpers in the "shared" section (``Tuner``, ``RunLog``, ``Method`` ...) are used by the
-other effectiveness studies too (forgetting, lr_robustness, overfitting, cross_lingual).
+``--dry-run`` counts the runs still to do (train steps and forward batches by sequence width)
+and estimates their CPU time from per-step costs measured on this machine (``CPU_COST``).
+
+The "shared" section (``Method``, ``Tuner``: compiled-once training of many runs; ``Study``:
+resumable grid; ``Cost``; option and report helpers) serves the other effectiveness studies
+too: forgetting, lr_robustness, overfitting, cross_lingual.
 """
 from __future__ import annotations
 
@@ -35,7 +42,6 @@ import numpy as np
 from experiments import common
 
 RESULTS = Path(__file__).resolve().parent / "results"
-REPO = Path(__file__).resolve().parents[1]
 ADAPTER_LR = 1e-3  # jadapt.train.config.DEFAULT_LR["houlsby"]
 FULL_LR = 5e-5  # jadapt.train.config.DEFAULT_LR["full"]
 
@@ -236,6 +242,13 @@ class Study:
         self.progress = common.Progress(len(specs), already_done=sum(k in self.by_key for k in set(keys)))
         print(f"{len(specs)} runs ({self.progress.done} done earlier) -> {self.log.path}", flush=True)
 
+    def is_done(self, spec: dict) -> bool:
+        return common.run_key(spec) in self.by_key
+
+    def todo(self, grid: Sequence, specs: Sequence[dict]) -> list:
+        """The grid items whose spec is not in the log yet."""
+        return [g for g, s in zip(grid, specs) if not self.is_done(s)]
+
     def once(self, spec: dict, fn, *, what: str, show=None) -> dict:
         """The record of ``spec``: from the log, else ``fn()`` (a dict) run now and logged."""
         key = common.run_key(spec)
@@ -247,6 +260,108 @@ class Study:
         self.by_key[key] = rec
         self.progress.step(f"{what}: {show(rec) if show else ''}")
         return rec
+
+
+def cost_line(records: Sequence[dict]) -> str:
+    """Summed wall and CPU time of the runs (CPU: all threads; on a shared machine it is the
+    steadier measure of cost -- wall time there mostly measures the other jobs)."""
+    wall = sum(r.get("wall_s", 0.0) for r in records)
+    cpu = sum(r.get("cpu_s", 0.0) for r in records)
+    steps = sum(r.get("steps", 0) for r in records)
+    return (f"Summed time of the {len(records)} runs (training, evaluation and compilation): wall "
+            f"{common.fmt_duration(wall)}, CPU {common.fmt_duration(cpu)} for {steps} train steps "
+            f"({cpu / max(steps, 1):.2f} CPU s per step, all included).")
+
+
+class Cost:
+    """The work a study plans, for ``--dry-run``: train steps and forward-only batches by
+    (method kind, sequence width), and an estimate from per-batch CPU costs."""
+
+    def __init__(self, tuner: "Tuner"):
+        self.tuner = tuner
+        self.train: dict = {}
+        self.forward: dict = {}
+        self.runs = 0
+
+    def _widths(self, enc: dict, batch_size: int, shuffle: bool) -> list[int]:
+        from jadapt import data
+
+        sizes = data.bucket_sizes(enc["input_ids"].shape[1])
+        lengths = np.asarray(enc["lengths"])
+        if shuffle:
+            plan = data.epoch_plan(enc, batch_size, seed=0, epoch=0)
+        else:
+            n = data.num_rows(enc)
+            plan = [np.arange(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+        return [data.bucket_for(int(lengths[idx].max()), sizes) for idx in plan]
+
+    def add(self, method: Method, train: Optional[dict], epochs: float, forward: Sequence[dict] = ()) -> None:
+        """One run: ``epochs`` over ``train`` and one forward pass over each of ``forward``."""
+        kind = method.kind if method.kind == "full" else f"adapter{method.bottleneck}"
+        self.runs += 1
+        if train is not None:
+            widths = self._widths(train, self.tuner.batch_size, True)
+            total = max(1, math.ceil(epochs * len(widths)))
+            for i in range(total):
+                key = (kind, widths[i % len(widths)])
+                self.train[key] = self.train.get(key, 0) + 1
+        for enc in forward:
+            for w in self._widths(enc, self.tuner.eval_batch_size, False):
+                self.forward[(kind, w)] = self.forward.get((kind, w), 0) + 1
+
+    def _unit(self, cpu_cost: dict, kind: str, width: int) -> Optional[dict]:
+        """CPU s per train step / forward batch of this run's batch sizes (adapters of a size
+        not measured fall back to adapter64's cost)."""
+        c = cpu_cost.get(f"{kind}/{width}") or (cpu_cost.get(f"adapter64/{width}") if kind != "full" else None)
+        if not c:
+            return None
+        return {"train": c["train_cpu"] * self.tuner.batch_size / 32,
+                "forward": c["eval_cpu"] * self.tuner.eval_batch_size / 64}
+
+    def cpu_seconds(self, cpu_cost: Optional[dict] = None) -> tuple[float, list]:
+        """(estimated CPU seconds, the (kind, width) cells without a known cost)."""
+        cpu_cost = CPU_COST if cpu_cost is None else cpu_cost
+        total, missing = 0.0, []
+        for kind, w in sorted(set(self.train) | set(self.forward)):
+            u = self._unit(cpu_cost, kind, w)
+            if u is None:
+                missing.append((kind, w))
+                continue
+            total += self.train.get((kind, w), 0) * u["train"] + self.forward.get((kind, w), 0) * u["forward"]
+        return total, missing
+
+    def report(self, cpu_cost: Optional[dict] = None) -> str:
+        """Counts per (method, width) and the CPU / idle-machine wall estimate."""
+        cpu_cost = CPU_COST if cpu_cost is None else cpu_cost
+        lines = [f"{self.runs} runs to do; train steps (batch {self.tuner.batch_size}) and forward batches "
+                 f"({self.tuner.eval_batch_size} rows) by method and width:"]
+        for kind, w in sorted(set(self.train) | set(self.forward)):
+            tr, fw = self.train.get((kind, w), 0), self.forward.get((kind, w), 0)
+            u = self._unit(cpu_cost, kind, w)
+            est = f" ~{common.fmt_duration(tr * u['train'] + fw * u['forward'])} CPU" if u else ""
+            lines.append(f"  {kind:>10} width {w:>3}: {tr:>7} train steps, {fw:>6} forward batches{est}")
+        total, missing = self.cpu_seconds(cpu_cost)
+        lines.append(f"estimated CPU time {common.fmt_duration(total)} = wall {common.fmt_duration(total / 2)} on "
+                     "2 idle cores (plus compiles, ~1-2 CPU min per method and width); on a shared machine "
+                     "wall time grows with its load" + (f"; no cost known for {missing}" if missing else ""))
+        return "\n".join(lines)
+
+
+# CPU seconds (all threads) per train step of 32 rows / per forward batch of 64 rows, by
+# method and width: packaged MiniLM (6 x 384), fp32, tcmalloc, jax 0.10.2 on this project's
+# 2-core Xeon, 3 repetitions each while the machine was shared (load 11-15): +-30 %. The two
+# adapter sizes measured 1.8 / 1.3 s at width 64; both use the mean.
+CPU_COST: dict = {
+    "adapter64/32": {"train_cpu": 0.53, "eval_cpu": 0.45},
+    "adapter64/64": {"train_cpu": 1.55, "eval_cpu": 1.27},
+    "adapter64/128": {"train_cpu": 2.74, "eval_cpu": 2.39},
+    "adapter256/32": {"train_cpu": 0.60, "eval_cpu": 0.48},
+    "adapter256/64": {"train_cpu": 1.55, "eval_cpu": 1.27},
+    "adapter256/128": {"train_cpu": 2.82, "eval_cpu": 3.14},
+    "full/32": {"train_cpu": 0.83, "eval_cpu": 0.40},
+    "full/64": {"train_cpu": 1.73, "eval_cpu": 0.95},
+    "full/128": {"train_cpu": 3.50, "eval_cpu": 2.00},
+}
 
 
 def add_common_args(p: argparse.ArgumentParser, *, name: str) -> argparse.ArgumentParser:
@@ -264,6 +379,8 @@ def add_common_args(p: argparse.ArgumentParser, *, name: str) -> argparse.Argume
     p.add_argument("--compute-dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--dev-limit", type=int, default=None, help="score only the first N dev rows (quick checks)")
     p.add_argument("--compile-cache", default="runs/jax_cache", help="XLA persistent compilation cache dir ('' = off)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="count the work still to do (runs, steps by width) and estimate CPU time; train nothing")
     return p
 
 
@@ -432,6 +549,14 @@ def run(args: argparse.Namespace, command: str) -> dict:
     specs = [dict(study="low_resource", task=t, size=s, method=m.name, kind=m.kind, bottleneck=m.bottleneck,
                   lr=m.lr, seed=seed, **settings) for t, s, m, seed in grid]
     study = Study(out / f"{args.name}.jsonl", specs)
+    if args.dry_run:
+        cost = Cost(tuner)
+        for task, size, m, seed in study.todo(grid, specs):
+            train, dev = tuner.task_data(task, train_size=None if size == "full" else size, seed=seed,
+                                         dev_limit=args.dev_limit)
+            cost.add(m, train, args.epochs, [dev])
+        print(cost.report(), flush=True)
+        return {"cost": cost}
     records = []
     for (task, size, m, seed), spec in zip(grid, specs):
         def one(task=task, size=size, m=m, seed=seed):
@@ -449,7 +574,6 @@ def run(args: argparse.Namespace, command: str) -> dict:
     params = common.markdown_table(
         ["method", "kind", "bottleneck", "lr", "trainable params"],
         [[m.name, m.kind, m.bottleneck or "–", m.lr, f"{tuner.trainable_count(m, tasks[0]):,}"] for m in methods])
-    run_s, steps = sum(r["wall_s"] for r in records), sum(r["steps"] for r in records)
     dev_what = f"first {args.dev_limit} rows of the dev split" if args.dev_limit else "full dev split"
     sections = [
         "He et al. (2021) find adapters better than full fine-tuning when training data is scarce, "
@@ -460,8 +584,7 @@ def run(args: argparse.Namespace, command: str) -> dict:
         f"task's main metric on the {dev_what} after the last epoch (no early stopping, no model selection).\n\n"
         + table,
         "## Methods\n\n" + params,
-        f"Summed time of the {len(records)} runs: {common.fmt_duration(run_s)} "
-        f"({run_s / max(steps, 1):.2f} s per train step, evaluation and compilation included).",
+        cost_line(records),
     ]
     if png:
         sections.append(f"![dev metric vs train size]({png.name})")

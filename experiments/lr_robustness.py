@@ -15,6 +15,7 @@ grid: sample std, range (max - min) and the best rate; the box plot shows the sp
 Every finished run is one line of ``<out>/<name>.jsonl``; a restarted study skips what is
 there. Results: ``<out>/<name>.md``, ``<out>/<name>.png`` (box plot) and
 ``<out>/<name>_curves.png`` (score vs rate).
+Cost of the full default (``--dry-run``): 48 runs, ~4 CPU hours (~2 h on 2 idle cores).
 """
 from __future__ import annotations
 
@@ -26,8 +27,9 @@ from typing import Optional, Sequence
 import numpy as np
 
 from experiments import common
-from experiments.low_resource import (Method, Study, add_common_args, finish_args, main_metric, make_tuner,
-                                      new_figure, parse_list, parse_methods, settings_of, start, write_report)
+from experiments.low_resource import (Cost, Method, Study, add_common_args, cost_line, finish_args, main_metric,
+                                      make_tuner, new_figure, parse_list, parse_methods, settings_of, start,
+                                      write_report)
 
 LRS = "1e-5,3e-5,1e-4,3e-4,1e-3,3e-3"
 QUICK = dict(tasks="rte", lrs="1e-4,1e-3", seeds="0", methods="adapter64,full", train_size=256, epochs=1.0,
@@ -142,6 +144,13 @@ def run(args: argparse.Namespace, command: str) -> dict:
     specs = [dict(study="lr_robustness", task=t, method=m.name, kind=m.kind, bottleneck=m.bottleneck, lr=lr,
                   seed=seed, **settings) for t, m, lr, seed in grid]
     study = Study(out / f"{args.name}.jsonl", specs)
+    if args.dry_run:
+        cost = Cost(tuner)
+        for task, m, lr, seed in study.todo(grid, specs):
+            train, dev = tuner.task_data(task, train_size=size, seed=seed, dev_limit=args.dev_limit)
+            cost.add(m, train, args.epochs, [dev])
+        print(cost.report(), flush=True)
+        return {"cost": cost}
     records = []
     for (task, m, lr, seed), spec in zip(grid, specs):
         def one(task=task, m=m, lr=lr, seed=seed):
@@ -156,7 +165,6 @@ def run(args: argparse.Namespace, command: str) -> dict:
     table, stable, scores = summarize(records, tasks, methods, lrs)
     box = plot_box(scores, tasks, methods, out / f"{args.name}.png")
     curves = plot_curves(scores, tasks, methods, out / f"{args.name}_curves.png")
-    run_s, steps = sum(r["wall_s"] for r in records), sum(r["steps"] for r in records)
     dev_what = f"first {args.dev_limit} rows of the dev split" if args.dev_limit else "full dev split"
     n_train = sorted({(r["task"], r["train_examples"]) for r in records})
     sections = [
@@ -167,8 +175,7 @@ def run(args: argparse.Namespace, command: str) -> dict:
         f"{len(seeds)} seed(s) at each rate) on the {dev_what}, after the last epoch.\n\n" + stable,
         "## Score at every learning rate (x100, mean ± std over seeds)\n\n" + table,
         "Train rows per task: " + ", ".join(f"{t} {n}" for t, n in n_train) + f"; {args.epochs:g} epochs.",
-        f"Summed time of the {len(records)} runs: {common.fmt_duration(run_s)} "
-        f"({run_s / max(steps, 1):.2f} s per train step, evaluation and compilation included).",
+        cost_line(records),
     ]
     if box:
         sections.append(f"![spread over learning rates]({box.name})")

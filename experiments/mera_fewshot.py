@@ -536,7 +536,6 @@ class Study:
                 "prep_wall_s": round(prep.wall, 3), "prep_cpu_s": round(prep.cpu, 3), "run_wall_s": round(t.wall, 3),
                 "run_cpu_s": round(t.cpu, 3), "compiled": bool(compiled), **info}
 
-
     def _calibrate(self, r, spec, shot, dev, start, frozen, seed, method) -> dict:
         """Warm timings on an already compiled runner, for the run-time projection: one dev
         evaluation, then one more epoch of training (+ its final dev evaluation)."""

@@ -15,10 +15,12 @@ falls; note the decaying learning rate damps late-epoch changes for both methods
 
 Every finished run is one line of ``<out>/<name>.jsonl`` (with its per-epoch history); a
 restarted study skips what is there. Results: ``<out>/<name>.md`` and ``<out>/<name>.png``.
+Cost of the full default (``--dry-run``): 6 runs of 20 epochs, ~2 CPU hours (~1 h on 2 idle cores).
 """
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from pathlib import Path
 from typing import Optional, Sequence
@@ -26,8 +28,9 @@ from typing import Optional, Sequence
 import numpy as np
 
 from experiments import common
-from experiments.low_resource import (Method, Study, add_common_args, finish_args, main_metric, make_tuner,
-                                      new_figure, parse_list, parse_methods, settings_of, start, write_report)
+from experiments.low_resource import (Cost, Method, Study, add_common_args, cost_line, finish_args, main_metric,
+                                      make_tuner, parse_list, parse_methods, settings_of, start,
+                                      write_report)
 
 QUICK = dict(tasks="rte", seeds="0", methods="adapter64,full", train_size=256, epochs=3.0, max_length=64,
              dev_limit=128)
@@ -133,6 +136,13 @@ def run(args: argparse.Namespace, command: str) -> dict:
     specs = [dict(study="overfitting", task=t, method=m.name, kind=m.kind, bottleneck=m.bottleneck, lr=m.lr,
                   seed=seed, **settings) for t, m, seed in grid]
     study = Study(out / f"{args.name}.jsonl", specs)
+    if args.dry_run:
+        cost = Cost(tuner)
+        for task, m, seed in study.todo(grid, specs):
+            train, dev = tuner.task_data(task, train_size=size, seed=seed, dev_limit=args.dev_limit)
+            cost.add(m, train, args.epochs, [dev] * math.ceil(args.epochs))
+        print(cost.report(), flush=True)
+        return {"cost": cost}
     records = []
     for (task, m, seed), spec in zip(grid, specs):
         def one(task=task, m=m, seed=seed):
@@ -149,7 +159,6 @@ def run(args: argparse.Namespace, command: str) -> dict:
         records.append(study.once(spec, one, what=f"{task} {m.name} seed {seed}", show=show))
     table, runs = summarize(records, tasks, methods)
     png = plot(runs, tasks, methods, out / f"{args.name}.png")
-    run_s, steps = sum(r["wall_s"] for r in records), sum(r["steps"] for r in records)
     dev_what = f"first {args.dev_limit} rows of the dev split" if args.dev_limit else "full dev split"
     n_train = sorted({(r["task"], r["train_examples"]) for r in records})
     sections = [
@@ -160,8 +169,7 @@ def run(args: argparse.Namespace, command: str) -> dict:
         "Dev loss: mean cross-entropy (MSE for regression).\n\n" + table,
         "Train rows per task: " + ", ".join(f"{t} {n}" for t, n in n_train) + f"; {args.epochs:g} epochs; "
         "learning rates: " + ", ".join(f"{m.name} {m.lr:g}" for m in methods) + ".",
-        f"Summed time of the {len(records)} runs: {common.fmt_duration(run_s)} "
-        f"({run_s / max(steps, 1):.2f} s per train step, per-epoch evaluation and compilation included).",
+        cost_line(records),
     ]
     if png:
         sections.append(f"![dev score and loss per epoch]({png.name})")

@@ -59,6 +59,27 @@ def test_overfitting_drop_and_lr_spread():
     assert lr_robustness.spread([0.6])["std"] == 0.0
 
 
+def test_cost_counts_steps_by_width_and_prices_them():
+    from types import SimpleNamespace
+
+    enc = {"input_ids": np.zeros((100, 128), np.int32),
+           "lengths": np.r_[np.full(50, 20), np.full(50, 100)].astype(np.int32)}
+    cost = low_resource.Cost(SimpleNamespace(batch_size=32, eval_batch_size=64))
+    cost.add(Method("full", "full", None, 1e-5), enc, 2.5, [enc])
+    cost.add(Method("adapter256", "houlsby", 256, 1e-3), enc, 1.0)
+    assert sum(v for (k, _), v in cost.train.items() if k == "full") == 10  # ceil(2.5 epochs x 4 batches)
+    assert sum(v for (k, _), v in cost.train.items() if k == "adapter256") == 4
+    assert {w for _, w in cost.train} <= {32, 64, 128} and (("full", 128) in cost.train)
+    assert sum(cost.forward.values()) == 2 and set(cost.forward) <= {("full", 32), ("full", 128)}
+    unit = {"train_cpu": 2.0, "eval_cpu": 0.5}
+    prices = {f"{k}/{w}": unit for k in ("full", "adapter64") for w in (32, 64, 128)}
+    total, missing = cost.cpu_seconds(prices)  # adapter256 is priced as adapter64
+    assert missing == [] and total == pytest.approx((10 + 4) * 2.0 + 2 * 0.5)
+    total, missing = cost.cpu_seconds({"full/128": unit})
+    assert missing and total < 14 * 2.0
+    assert "estimated CPU time" in cost.report(prices)
+
+
 def test_parse_task_lists():
     assert forgetting.parse_tasks("sst2:2000, mrpc") == [("sst2", 2000), ("mrpc", None)]
     assert cross_lingual.parse_sources("mnli:validation_mismatched,snli:train") == [
@@ -135,6 +156,16 @@ def test_cross_lingual_train_rows_concatenate_and_refuse_xnli(tiny_model_dir, ta
         cross_lingual.nli_train(tuner, [("xnli-en", "validation")], None, 0)
     with pytest.raises(ValueError, match="3-way"):
         cross_lingual.nli_train(tuner, [("rte", "train")], None, 0)
+
+
+def test_dry_run_counts_the_grid_and_trains_nothing(tiny_model_dir, tasks_dir, tmp_path):
+    argv = common_args(tiny_model_dir, tasks_dir, tmp_path) + [
+        "--tasks", "rte", "--sizes", "48,full,1000", "--seeds", "0,1", "--methods", "adapter4,full", "--dry-run"]
+    cost = low_resource.main(argv)["cost"]
+    assert cost.runs == 2 * 2 * 2  # size 1000 > 96 train rows is skipped
+    assert sum(cost.train.values()) == 2 * 2 * (3 + 6)  # 48 and 96 rows in batches of 16, 1 epoch
+    assert sum(cost.forward.values()) == 8 * 3  # 40 dev rows in batches of 16, once per run
+    assert not (tmp_path / "low_resource_quick.jsonl").exists() and not (tmp_path / "low_resource_quick.md").exists()
 
 
 # ---------------------------------------------------------------- --quick end to end (slow)

@@ -124,15 +124,21 @@ def test_value_init_is_adapterhub_identity_and_qk_bert_init():
 
 @pytest.mark.parametrize("method", ["pfeiffer", "houlsby"])
 def test_identical_adapters_with_identity_value_equal_single(base, method):
-    """K copies of one adapter, V = I: fusion = that adapter's up-projection + residual,
-    whatever the attention; at model level, for both adapter placements."""
+    """K copies of one adapter, V = I, uniform attention: fusion = that adapter's
+    up-projection + residual = the single adapter's output; at model level, for both
+    adapter placements (query / residual taken before or after the original LayerNorm)."""
     single, params = base[method]
     params = _perturb(params, r"_adapter/a/", jax.random.key(1), 0.2)
     copies = {p.replace("/a/", f"/{n}/"): x for p, x in tree.flatten(params).items() if "/a/" in p for n in "bc"}
     params = tree.merge(params, tree.unflatten(copies))
     fused, fparams = fuse(single, params, ("a", "b", "c"), "dynamic", jax.random.key(2))
-    fparams = tree.map_with_path(lambda p, x: jnp.eye(x.shape[0]) if p.endswith("fusion/value/kernel") else x,
-                                 fparams)
+
+    def identity_uniform(p, x):  # V = I; Q = 0 makes every score 0, so attention is uniform
+        if p.endswith("fusion/value/kernel"):
+            return jnp.eye(x.shape[0])
+        return jnp.zeros_like(x) if "fusion/query/" in p else x
+
+    fparams = tree.map_with_path(identity_uniform, fparams)
     ids, mask = _ids()
     run_single = jax.jit(functools.partial(single.apply, return_hidden=True))
     run_fused = jax.jit(functools.partial(fused.apply, return_hidden=True))

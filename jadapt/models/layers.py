@@ -304,6 +304,7 @@ def _einsum_fwd(spec, dtype, a, b):
 
 def _einsum_bwd(spec, dtype, res, g):
     a, b, (ta, tb) = res
+    a, b = lax.optimization_barrier((a, b))  # recompute transposed copies rather than keep the forward's
     sa, sb, out = _parse(spec)
     da = _canonical_dot(f"{out},{sb}->{sa}", g, b, dtype).astype(ta.dtype)
     db = _canonical_dot(f"{out},{sa}->{sb}", g, a, dtype).astype(tb.dtype)
@@ -375,6 +376,9 @@ def _attention_fwd(rate, dtype, q, k, v, bias, seeds):
 
 def _attention_bwd(rate, dtype, res, g):
     q, k, v, probs, seeds, (tq, tb) = res
+    # The barrier stops XLA from CSE-ing the recomputed mask / dropped probabilities / head-major
+    # copies with the forward's, which would keep those alive until here instead.
+    q, k, v, probs, seeds = lax.optimization_barrier((q, k, v, probs, seeds))
     dot = functools.partial(_canonical_dot, dtype=dtype)
     dv = dot("bhqk,bqhd->bkhd", _dropped(probs, rate, seeds), g)
     dprobs = _dropped(dot("bqhd,bkhd->bhqk", g, v), rate, seeds)

@@ -43,14 +43,20 @@ def init_state(trainable: dict, tx: optax.GradientTransformation, seed: int) -> 
 
 def make_train_step(model, tx: optax.GradientTransformation, *, regression: bool) -> Callable:
     """``step(state, frozen, batch) -> (state, {"loss", "grad_norm"})`` (not yet jitted)."""
+    fusion_reg = getattr(model, "fusion", None) is not None and model.fusion.regularization
 
     def step(state: dict, frozen: dict, batch: Batch):
         key = jax.random.fold_in(state["rng"], state["step"])
 
         def loss_fn(trainable):
             params = tree.merge(frozen, trainable)
-            return loss_and_outputs(model, params, batch, regression=regression, deterministic=False,
+            loss = loss_and_outputs(model, params, batch, regression=regression, deterministic=False,
                                     dropout_key=key)[0]
+            if fusion_reg:  # AdapterFusion: 0.01 * ||I - V||^2 keeps value matrices near identity
+                from jadapt.fusion.regularizer import regularization_loss
+
+                loss = loss + regularization_loss(trainable)
+            return loss
 
         loss, grads = jax.value_and_grad(loss_fn)(state["trainable"])
         updates, opt_state = tx.update(grads, state["opt_state"], state["trainable"])
