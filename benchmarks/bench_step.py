@@ -225,29 +225,32 @@ def run_row(args, method, dtype, peer_python, model_path):
     common = ["--model", args.model, "--method", method, "--dtype", dtype, "--batch", str(args.batch),
               "--seq", str(args.seq), "--bottleneck", str(args.bottleneck), "--warmup", str(args.warmup)]
     load0 = os.getloadavg()[0]
-    workers = {"jadapt": Worker("jadapt", [sys.executable, __file__, "--worker", "jadapt", *common],
-                                jadapt_env(args.allocator))}
+    specs = {"jadapt": ([sys.executable, __file__, "--worker", "jadapt", *common], jadapt_env(args.allocator))}
     if peer_python:
         peer_env = dict(os.environ)
         if args.peer_allocator != "system":
             peer_env["LD_PRELOAD"] = jadapt_env(args.peer_allocator).get("LD_PRELOAD", "")
-        workers["peer"] = Worker("peer", [peer_python, str(HERE / "peers" / "peer_step.py"), *common,
-                                          "--model-path", model_path], peer_env)
-    try:
-        info = {k: w.ready() for k, w in workers.items()}
-        times = {k: {"train": [], "eval": []} for k in workers}
-        order = list(workers)
-        for what, n in (("train", args.steps), ("eval", args.eval_steps)):
-            for r in range(args.rounds):
-                for k in (order if r % 2 == 0 else order[::-1]):
-                    times[k][what] += workers[k].run(what, n)
-        done = {k: w.quit() for k, w in workers.items()}
-    finally:
-        for w in workers.values():
-            if w.proc.poll() is None:
-                w.proc.kill()
+        specs["peer"] = ([peer_python, str(HERE / "peers" / "peer_step.py"), *common, "--model-path", model_path],
+                         peer_env)
+    # interleaved: both processes alive, repetitions alternate; sequential: one process at a time
+    # (half the peak memory of the machine, for big models on small machines)
+    groups = [list(specs)] if not args.sequential else [[k] for k in specs]
+    info, times, done = {}, {k: {"train": [], "eval": []} for k in specs}, {}
+    for group in groups:
+        workers = {k: Worker(k, *specs[k]) for k in group}
+        try:
+            info.update({k: w.ready() for k, w in workers.items()})
+            for what, n in (("train", args.steps), ("eval", args.eval_steps)):
+                for r in range(args.rounds):
+                    for k in (group if r % 2 == 0 else group[::-1]):
+                        times[k][what] += workers[k].run(what, n)
+            done.update({k: w.quit() for k, w in workers.items()})
+        finally:
+            for w in workers.values():
+                if w.proc.poll() is None:
+                    w.proc.kill()
     row = {"method": method, "dtype": dtype, "load_start": load0, "load_end": os.getloadavg()[0]}
-    for k in workers:
+    for k in specs:
         row[k] = {"train_ms": med_ms(times[k]["train"]), "eval_ms": med_ms(times[k]["eval"]),
                   "peak_rss_mb": done[k]["maxrss_mb"], "train_times_s": times[k]["train"],
                   "eval_times_s": times[k]["eval"], **info[k]}
@@ -319,6 +322,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=3, help="train steps per worker per round")
     p.add_argument("--eval-steps", type=int, default=3, help="eval forwards per worker per round")
     p.add_argument("--no-peers", action="store_true")
+    p.add_argument("--sequential", action="store_true",
+                   help="run jadapt's and the peer's process one after the other (not interleaved): half the "
+                        "memory, for bert-base on a small machine")
     p.add_argument("--peer-python", default=None, help="python of the peers' venv (else $JADAPT_PEER_PYTHON)")
     p.add_argument("--allocator", default="tcmalloc", help="jadapt side: tcmalloc | system | path")
     p.add_argument("--peer-allocator", default="system", help="peer side: system (as users run torch) | tcmalloc")

@@ -248,15 +248,17 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
 _REEXEC_MARK = "JADAPT_ALLOCATOR_APPLIED"
 
 
-def reexec_with_allocator(module: str, argv: Optional[Sequence[str]] = None) -> None:
-    """Re-run ``python -m <module> <args>`` once with tcmalloc preloaded (see
-    ``jadapt.runtime``; ``JADAPT_ALLOCATOR=system`` keeps glibc). Only for a real command
-    line: ``main([...])`` called from Python (``argv`` given) never replaces the process."""
+def reexec_with_allocator(module: str, argv: Optional[Sequence[str]] = None, default: str = "tcmalloc") -> None:
+    """Re-run ``python -m <module> <args>`` once with the allocator ``$JADAPT_ALLOCATOR``
+    (else ``default``) preloaded: "tcmalloc" (faster XLA:CPU steps, see ``jadapt.runtime``;
+    it also keeps freed memory resident), "system" (glibc, no re-exec) or a library path.
+    Only for a real command line: ``main([...])`` called from Python (``argv`` given) never
+    replaces the process."""
     if argv is not None or os.environ.get(_REEXEC_MARK):
         return
     from jadapt.runtime import allocator_library
 
-    lib = allocator_library()
+    lib = allocator_library(os.environ.get("JADAPT_ALLOCATOR") or default)
     if not lib or lib in os.environ.get("LD_PRELOAD", ""):
         return
     env = dict(os.environ, **{_REEXEC_MARK: lib})

@@ -131,6 +131,11 @@ class Settings:
 QUICK = dict(ks=(16,), seeds=(0,), epochs=4.0, eval_limit=200)  # timings project to the full grid
 
 
+def needs_activations(s: Settings, method: str) -> bool:
+    return method == "mera-align-activations" or (method == "mera-same-track"
+                                                   and s.same_track_method == "align-activations")
+
+
 def uses_pool(method: str) -> bool:
     return method in POOL_METHODS
 
@@ -163,12 +168,13 @@ def run_spec(s: Settings, target: str, k: int, seed: int, method: str, mode: Opt
 
 
 def plan(s: Settings) -> list[tuple]:
-    """(seed, k, target, method, mode) in run order: seeds outermost, so a partial study
-    already has every cell of the tables with fewer seeds."""
+    """(seed, k, target, method, mode) in run order: target outermost (only its compiled
+    runners need to be in memory), then seeds, so a partial study already has every cell of
+    a target's table with fewer seeds."""
     out = []
-    for seed in s.seeds:
-        for k in s.ks:
-            for target in s.targets:
+    for target in s.targets:
+        for seed in s.seeds:
+            for k in s.ks:
                 for method in s.methods:
                     for mode in (s.pool_modes if uses_pool(method) else (None,)):
                         out.append((seed, k, target, method, mode))
@@ -335,6 +341,27 @@ class Study:
             self._shot = {kk: v for kk, v in self._shot.items() if kk[2] == seed}  # keep memory bounded
             self._shot[key] = data.k_shot(self.target_data(target)[0], k, seed, task=target)
         return self._shot[key]
+
+    # ------------------------------------------------------------ memory
+    def focus(self, target: str) -> None:
+        """Drop what other targets needed: their data, and every compiled runner except the
+        plain adapter / full ones of this target's head size (several GB otherwise)."""
+        import gc
+
+        from jadapt import data
+
+        n = data.get_task(target).num_labels
+        keep = {("adapter", n, 0), ("full", n, 0)}
+        dropped = [k for k in self.runners if k not in keep]
+        for k in dropped:
+            del self.runners[k]
+        self._data = {t: v for t, v in self._data.items() if t == target}
+        self._shot, self._acts = {}, {}
+        if dropped:
+            gc.collect()
+
+    def release_activations(self) -> None:
+        self._acts = {}
 
     # ------------------------------------------------------------ compiled runners
     def runner(self, fam: str, num_labels: int, n_fused: int = 0):
@@ -775,18 +802,24 @@ def write_report(path: Path, *, s: Settings, cells: dict, pool: Optional[Pool], 
         text.append(f"- pool: `{pool.manifest.get('command', '?')}` (id {pool.id}; base model "
                     f"{', '.join(pool.base_models)})")
     if projection:
+        cores = hw["cores_available"]
+        cpu = projection["cpu"]
         text += ["", "## Full study", "",
                  f"Command: `{full_command}` (after `python -m experiments.mera_pool`).", "",
-                 f"Projected from this quick run's own timings ({projection['clock']} clock, this machine, same "
-                 f"load): **{common.fmt_duration(projection['total_s'])}** for {projection['runs']} runs "
-                 f"(incl. {common.fmt_duration(projection['compile_s'])} compilation); CPU-time projection "
-                 f"{common.fmt_duration(projection['cpu_total_s'])} of process CPU time (all threads; on an idle "
-                 f"{common.hardware()['cores_available']}-core machine the wall time would lie between CPU/cores and "
-                 f"CPU time). By method (wall): "
-                 + ", ".join(f"{m} {common.fmt_duration(v)}" for m, v in
-                             sorted(projection["by_method_s"].items(), key=lambda kv: -kv[1])) + "."]
-        if projection.get("unmeasured"):
-            text.append(f"Not measured here (not in the projection): {projection['unmeasured']}.")
+                 f"Projection for its {cpu['runs']} runs from this quick run's own warm step and dev-eval timings "
+                 f"(`project` in the script): **{common.fmt_duration(cpu['total_s'])} of process CPU time** "
+                 f"(all threads; incl. {common.fmt_duration(cpu['compile_s'])} of compilation). On an idle "
+                 f"{cores}-core machine the wall time lies between CPU/{cores} and CPU time, i.e. "
+                 f"{common.fmt_duration(cpu['total_s'] / cores)} to {common.fmt_duration(cpu['total_s'])}. "
+                 f"During this quick run the shared machine gave wall = {projection['wall_per_cpu']:.1f} x CPU "
+                 f"(load average {load_start} at start), which would make it "
+                 f"{common.fmt_duration(cpu['total_s'] * projection['wall_per_cpu'])}; the wall-clock projection "
+                 f"from the noisy wall timings is {common.fmt_duration(projection['wall']['total_s'])}.", "",
+                 "CPU time by method: " + ", ".join(
+                     f"{m} {common.fmt_duration(v)}" for m, v in sorted(cpu["by_method_s"].items(),
+                                                                         key=lambda kv: -kv[1])) + "."]
+        if cpu.get("unmeasured"):
+            text.append(f"Not measured here (not in the projection): {cpu['unmeasured']}.")
     common.write_text_atomic(path, "\n".join(text) + "\n")
 
 
@@ -845,7 +878,9 @@ def full_command_for(args, argv) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
-    common.reexec_with_allocator("experiments.mera_fewshot", argv)
+    # glibc malloc by default: tcmalloc kept ~7.8 GB resident here (vs 2.5 GB) and got the quick
+    # run OOM-killed on the shared 24 GB machine; JADAPT_ALLOCATOR=tcmalloc opts in (faster steps)
+    common.reexec_with_allocator("experiments.mera_fewshot", argv, default="system")
     raw = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(raw)
     s = settings_from_args(args)
@@ -870,11 +905,18 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             for seed, k, target, method, mode in todo]
     progress = common.Progress(len(todo), already_done=sum(log.done(k) for k in keys))
     print(f"MerA few-shot: {len(todo)} runs planned, {progress.done} already in {jsonl}", flush=True)
-    for (seed, k, target, method, mode), key in zip(todo, keys):
+    probed = {i for i, item in enumerate(todo) if needs_activations(s, item[3])}
+    current = None
+    for i, ((seed, k, target, method, mode), key) in enumerate(zip(todo, keys)):
         if log.done(key):
             continue
+        if target != current:
+            study.focus(target)
+            current = target
         spec = run_spec(s, target, k, seed, method, mode, model=model_name, pool_id=pool_id)
         body = study.run(target, k, seed, method, mode)
+        if i in probed and not any(j in probed and todo[j][:3] == todo[i][:3] for j in range(i + 1, len(todo))):
+            study.release_activations()  # the last run of this (seed, k, target) that probes
         log.append({"key": key, "kind": "run", **spec, **body, "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
         msg = f"{target} k={k} seed={seed} {label(method, mode)}: "
         msg += (f"{body['metric']} {100 * body['main']:.1f} ({body['steps']} steps, "
@@ -896,11 +938,14 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             spec = data.get_task(t)
             n = data.num_rows(data.load_split(spec, spec.dev_split, data_dir))
             dev_full[t] = min(n, full.eval_limit) if full.eval_limit else n
-        projection = project(recs, full, num_labels, dev_full, "wall")
-        cpu = project(recs, full, num_labels, dev_full, "cpu")
-        projection.update(clock="wall", cpu_total_s=cpu["total_s"])
-        print(f"projected full study: {common.fmt_duration(projection['total_s'])} wall "
-              f"({common.fmt_duration(cpu['total_s'])} CPU) for {projection['runs']} runs", flush=True)
+        wall, cpu = (project(recs, full, num_labels, dev_full, c) for c in ("wall", "cpu"))
+        ok = [r for r in recs if r.get("status") == "ok"]
+        ratio = sum(r["run_wall_s"] + r["prep_wall_s"] for r in ok) / max(
+            sum(r["run_cpu_s"] + r["prep_cpu_s"] for r in ok), 1e-9)
+        projection = {"cpu": cpu, "wall": wall, "wall_per_cpu": ratio, "total_s": cpu["total_s"],
+                      "compile_s": cpu["compile_s"], "runs": cpu["runs"], "unmeasured": cpu["unmeasured"]}
+        print(f"projected full study: {common.fmt_duration(cpu['total_s'])} CPU "
+              f"({common.fmt_duration(wall['total_s'])} wall at this load) for {cpu['runs']} runs", flush=True)
     write_report(out, s=s, cells=cells, pool=pool, quick=args.quick, command=command,
                  full_command=full_command_for(args, raw), wall_s=time.time() - t0, png=png,
                  projection=projection, load_start=load_start, jsonl=jsonl)

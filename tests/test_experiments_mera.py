@@ -89,7 +89,8 @@ def test_plan_order_keys_and_settings_validation():
     s = fs.Settings(targets=("mrpc", "rte"), ks=(16, 32), seeds=(0, 1), methods=("scratch", "fusion"))
     p = fs.plan(s)
     assert len(p) == 2 * 2 * 2 * (1 + 2)
-    assert [x[0] for x in p] == sorted(x[0] for x in p)  # seeds outermost
+    assert [x[2] for x in p] == ["mrpc"] * 12 + ["rte"] * 12  # targets outermost, then seeds
+    assert [x[0] for x in p[:12]] == sorted(x[0] for x in p[:12])
     keys = {common.run_key(fs.run_spec(s, t, k, seed, m, mode, model="m", pool_id="p"))
             for seed, k, t, m, mode in p}
     assert len(keys) == len(p)

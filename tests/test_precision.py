@@ -1,12 +1,13 @@
-"""The bfloat16 compute path and hash dropout (jadapt/models/layers.py).
+"""The bfloat16 compute path, the custom VJPs and hash dropout (jadapt/models/layers.py).
 
-Tolerances are stated in units of bf16's unit roundoff U = 2**-8 / 2 = 2**-9 (~0.2 %): each
-bf16 operand carries a relative error of at most U, fp32 accumulation adds almost nothing.
+Tolerances are stated in units of bf16's unit roundoff U = 2**-9 (~0.2 %): each bf16
+operand carries a relative error of at most U, fp32 accumulation adds almost nothing.
 Measured on this code (CPU, jax 0.10.2): forward products of rounded operands agree with
 fp32 to 1e-7 (the bf16 kernels accumulate in fp32); custom-VJP gradients sit within 2 U of
 fp32 autodiff (operands and cotangent both rounded); a 2-layer model's hidden states within
 0.3 U of their scale and its whole-model gradient within 1.1 U (relative norm); the packaged
-MiniLM's hidden states within 1.4 U. Bounds below are 2-4x those measurements.
+MiniLM's hidden states within 1.4 U. Bounds below are 2-4x those measurements. The fp32 path must stay
+exact: its custom VJPs (einsum, GELU, LayerNorm) match autodiff to 1e-5.
 """
 from __future__ import annotations
 
@@ -21,8 +22,7 @@ import pytest
 from jadapt import tree
 from jadapt.adapters.config import preset
 from jadapt.models.config import EncoderConfig
-from jadapt.models.layers import (Dropout, attention, bf16_matmul, dropout_seeds, einsum, gelu, hash_dropout_mask,
-                                  layer_norm, matmul)
+from jadapt.models.layers import Dropout, bf16_matmul, einsum, gelu, hash_dropout_mask, layer_norm, matmul
 from jadapt.models.model import AdapterModel, HeadConfig
 from jadapt.models.pretrained import init_params
 
@@ -104,34 +104,6 @@ def test_fp32_einsum_is_exact(spec, sa, sb):
     want = jax.grad(lambda a, b: (ref(a, b) * ct).sum(), (0, 1))(a, b)
     for g, w in zip(got, want):
         assert _rel(g, w) < 1e-6
-
-
-def _reference_attention(q, k, v, bias, key, rate):
-    probs = jax.nn.softmax(jnp.einsum("bqhd,bkhd->bhqk", q, k, precision="highest") + bias, axis=-1)
-    if rate:
-        probs = jnp.where(hash_dropout_mask(key, probs.shape, rate), probs / (1 - rate), 0.0)
-    return jnp.einsum("bhqk,bkhd->bqhd", probs, v, precision="highest")
-
-
-@pytest.mark.parametrize("rate", [0.0, 0.1])
-@pytest.mark.parametrize("cdt,tol", [("float32", 1e-5), ("bfloat16", 8 * U)])
-def test_attention_op_matches_reference(rate, cdt, tol):
-    """The custom-VJP attention (probabilities saved once, dropout mask recomputed in the
-    backward pass) against autodiff of the plain computation with the same hash mask. bf16
-    rounds q, k, v and the probabilities (4 roundings on the path): measured 4.5 U."""
-    kq, kk, kv, km, kc = jax.random.split(jax.random.key(4), 5)
-    shape = (2, 16, 4, 8)
-    q, k, v = (jax.random.normal(x, shape) for x in (kq, kk, kv))
-    bias = jnp.where(jax.random.uniform(km, (2, 1, 1, 16)) > 0.2, 0.0, jnp.finfo(jnp.float32).min)
-    key = jax.random.key(9)
-    seeds = dropout_seeds(key) if rate else None
-    out = jax.jit(lambda q, k, v: attention(q, k, v, bias, seeds, rate, cdt))(q, k, v)
-    assert _rel(out, _reference_attention(q, k, v, bias, key, rate)) < tol
-    ct = jax.random.normal(kc, shape)
-    got = jax.grad(lambda q, k, v: (attention(q, k, v, bias, seeds, rate, cdt) * ct).sum(), (0, 1, 2))(q, k, v)
-    want = jax.grad(lambda q, k, v: (_reference_attention(q, k, v, bias, key, rate) * ct).sum(), (0, 1, 2))(q, k, v)
-    for g, w in zip(got, want):
-        assert _rel(g, w) < tol
 
 
 def test_gelu_and_layer_norm_custom_vjps_are_exact():

@@ -25,7 +25,7 @@ from jadapt.adapters.bottleneck import AdapterSite
 from jadapt.adapters.config import AdapterConfig
 from jadapt.adapters.lora import LoraBank
 from jadapt.models.config import EncoderConfig
-from jadapt.models.layers import Dense, Dropout, LayerNorm, activation, attention, dropout_seeds
+from jadapt.models.layers import Dense, Dropout, LayerNorm, activation, einsum
 
 AdapterSpecs = tuple[tuple[str, AdapterConfig], ...]
 
@@ -67,9 +67,10 @@ class SelfAttention(nn.Module):
         split = lambda t: t.reshape(b, s, cfg.num_heads, cfg.head_dim)
         q = split(proj("query", x)) * (cfg.head_dim ** -0.5)
         k, v = split(proj("key", x)), split(proj("value", x))
-        rate = 0.0 if deterministic else cfg.attention_dropout
-        seeds = dropout_seeds(self.make_rng("dropout")) if rate > 0.0 else None
-        ctx = attention(q, k, v, mask_bias, seeds, rate, cdt).reshape(b, s, cfg.hidden_size)
+        scores = einsum("bqhd,bkhd->bhqk", q, k, cdt) + mask_bias
+        probs = jax.nn.softmax(scores, axis=-1)
+        probs = Dropout(cfg.attention_dropout)(probs, deterministic)
+        ctx = einsum("bhqk,bkhd->bqhd", probs, v, cdt).reshape(b, s, cfg.hidden_size)
         return _project(self, ctx, cfg.hidden_size, "output", "attention_output", self.adapters,
                         self.active, cdt, init, deterministic)
 

@@ -1,11 +1,13 @@
 """Building blocks shared by encoders, adapters and fusion: a precision-aware Dense,
-cheap counter-hash dropout, activations.
+canonical-matmul einsum, cheap counter-hash dropout, activations, LayerNorm.
 
 Why not ``nn.Dense``: on XLA:CPU a bf16 x bf16 dot with a bf16 result silently runs in fp32
 plus converts, while ``dot_general(bf16, bf16, preferred_element_type=f32)`` runs on the bf16
-units (2-3x faster). JAX's automatic transpose of that dot has a bf16 result again, so the
-backward pass gets the same treatment through a ``custom_vjp``. Params, residual stream,
-LayerNorm, softmax and optimizer state stay fp32 (autocast-like numerics).
+kernels: 2-3x the fp32 rate in ../shared/PEERS.md, but 0.55x on a CPU with AVX512-BF16 and no
+AMX (benchmarks/RESULTS.md), so fp32 stays the default. JAX's automatic transpose of that dot
+has a bf16 result again, so the backward pass gets the same treatment through a
+``custom_vjp``. Params, residual stream, LayerNorm, softmax and optimizer state stay fp32
+(autocast-like numerics); ``float32`` compute is exact fp32 everywhere.
 """
 from __future__ import annotations
 
@@ -15,8 +17,8 @@ from typing import Callable
 
 import flax.linen as nn
 import jax
-import numpy as np
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -96,8 +98,8 @@ def _layer_norm_parts(x, eps):
 def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float) -> jax.Array:
     """``(x - mean) / sqrt(var + eps) * scale + bias`` over the last axis, in fp32.
 
-    Custom VJP: autodiff keeps two full-size intermediates per call for the backward pass;
-    this keeps one (the normalised input) and the per-row 1/std.
+    Custom VJP: autodiff saves two full-size intermediates per call for the backward pass;
+    this saves one (the normalised input) and the per-row 1/std.
     """
     centered, rstd = _layer_norm_parts(x, eps)
     return centered * rstd * scale + bias
@@ -136,15 +138,7 @@ def hash_dropout_mask(key: jax.Array, shape: tuple[int, ...], rate: float) -> ja
     training step; this fuses into its consumer for ~100x less. Two keyed rounds keep masks
     of related seeds from being shifted copies of each other. Deterministic given ``key``.
     """
-    return _hash_keep(dropout_seeds(key), shape, rate)
-
-
-def dropout_seeds(key: jax.Array) -> jax.Array:
-    """The two uint32 hash seeds ``hash_dropout_mask`` derives from ``key``."""
-    return jax.random.bits(key, (2,), jnp.uint32)
-
-
-def _hash_keep(seeds: jax.Array, shape: tuple[int, ...], rate: float) -> jax.Array:
+    seeds = jax.random.bits(key, (2,), jnp.uint32)
     idx = lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)
     h = _mix32(idx ^ seeds[0])
     h = _mix32(h + seeds[1])
@@ -173,8 +167,9 @@ _INV_SQRT_2PI = np.float32(1.0 / np.sqrt(2.0 * np.pi))
 def gelu(x: jax.Array) -> jax.Array:
     """Exact (erf) GELU, the same arithmetic as ``jax.nn.gelu(approximate=False)``.
 
-    Custom VJP: autodiff keeps three FFN-sized intermediates (erfc, exp, product: 72 MB per
-    BERT-small layer at 32 x 128 tokens); this keeps only the input and recomputes.
+    Custom VJP: autodiff saves three FFN-sized intermediates (erfc, exp, product) for the
+    backward pass; this saves only the input and recomputes (with ``layer_norm``'s VJP: XLA
+    temp memory of the MiniLM 32 x 128 Pfeiffer train step 1109 -> 988 MB).
     """
     return 0.5 * x * lax.erfc(-x * _SQRT_HALF.astype(x.dtype))
 
@@ -233,14 +228,16 @@ def _moved(order: str, target: str, size: int) -> int:
 
 
 def _canonical_dot(spec: str, a: jax.Array, b: jax.Array, dtype=jnp.bfloat16) -> jax.Array:
-    """``einsum(spec, a, b)`` as one batched matmul XLA:CPU runs on YNNPACK's bf16 kernels.
+    """``einsum(spec, a, b)`` as one batched matmul ``[B, m, k] x [B, k, n]`` (or ``[B, n, k]``).
 
-    YNNPACK takes ``lhs [batch..., m, k]`` with ``rhs [batch..., k, n]`` or ``[batch..., n, k]``
-    only; any other dot falls back to Eigen, which has no bf16 x bf16 -> fp32 kernel (it
-    fails or silently computes in fp32). So operands are grouped into (batch, free, contracted)
-    indices and transposed explicitly, choosing the lhs / rhs roles that move the fewest
-    elements, and optimization barriers stop XLA from folding those transposes back into the
-    dot's dimension numbers. Operands are rounded to bf16; products accumulate in fp32.
+    That is the only form XLA:CPU hands to YNNPACK's kernels; for any other dot it falls back
+    to Eigen, which has no bf16 x bf16 -> fp32 kernel (the step fails with UNIMPLEMENTED) and
+    upcasts bf16 dots whose operand arrives as a bare transpose (``operand_upcaster``). So
+    operands are grouped into (batch, free, contracted) indices and transposed explicitly,
+    choosing the lhs / rhs roles that move the fewest elements; merging the batch indices into
+    one axis forces a real row-major copy, and optimization barriers stop XLA from folding the
+    transposes back into the dot or fusing softmax between the two attention products (one
+    slow kernel). ``dtype`` bf16: operands rounded, fp32 accumulation; fp32: exact.
     """
     sa, sb, out = _parse(spec)
     size = dict(zip(sa, a.shape)) | dict(zip(sb, b.shape))
@@ -304,7 +301,6 @@ def _einsum_fwd(spec, dtype, a, b):
 
 def _einsum_bwd(spec, dtype, res, g):
     a, b, (ta, tb) = res
-    a, b = lax.optimization_barrier((a, b))  # recompute transposed copies rather than keep the forward's
     sa, sb, out = _parse(spec)
     da = _canonical_dot(f"{out},{sb}->{sa}", g, b, dtype).astype(ta.dtype)
     db = _canonical_dot(f"{out},{sa}->{sb}", g, a, dtype).astype(tb.dtype)
@@ -320,80 +316,11 @@ def einsum(spec: str, a: jax.Array, b: jax.Array, compute_dtype: str = "float32"
 
     Forward and backward run as canonical batched matmuls (``_canonical_dot``), in both
     precisions: ``bfloat16`` rounds the operands and accumulates in fp32; ``float32`` is
-    exact fp32 (and, for attention, ~10 % faster than ``jnp.einsum``, whose dots XLA
-    fuses with the softmax into one slow kernel).
+    exact fp32 (and, for attention, ~10 % faster than ``jnp.einsum``, whose two products XLA
+    fuses with the softmax into one slow kernel: MiniLM 32 x 128 eval 700 -> 623 ms, Pfeiffer
+    train step 1445 -> 1302 ms, measured side by side in one process).
     """
     if compute_dtype not in DTYPES:
         raise ValueError(f"compute_dtype {compute_dtype!r} is not supported; expected one of {sorted(DTYPES)}")
     return _einsum(spec, DTYPES[compute_dtype], a, b)
 
-
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array, seeds: jax.Array | None = None,
-              rate: float = 0.0, compute_dtype: str = "float32") -> jax.Array:
-    """Softmax attention with hash dropout on the probabilities, as one custom-VJP op.
-
-    q, k, v: [batch, seq, heads, head_dim] (q already scaled); bias: additive, broadcastable
-    to [batch, heads, q_len, k_len]; seeds: ``dropout_seeds(key)`` when ``rate`` > 0.
-    Returns [batch, q_len, heads, head_dim] in fp32.
-
-    Why one op: autodiff of softmax -> dropout -> matmul saves the probabilities twice (before
-    and after dropout) plus the mask; this saves them once (fp32) and recomputes the mask,
-    which costs a hash per element, in the backward pass: ~30 MB less per BERT-small layer at
-    32 x 128 tokens. The four products run as canonical batched matmuls (``einsum``).
-    """
-    if compute_dtype not in DTYPES:
-        raise ValueError(f"compute_dtype {compute_dtype!r} is not supported; expected one of {sorted(DTYPES)}")
-    if rate > 0.0 and seeds is None:
-        raise ValueError("attention dropout needs seeds (dropout_seeds(key))")
-    seeds = jnp.zeros((2,), jnp.uint32) if seeds is None else seeds
-    return _attention(float(rate), DTYPES[compute_dtype], q, k, v, bias, seeds)
-
-
-def _attention_probs(rate, dtype, q, k, bias, seeds):
-    scores = _canonical_dot("bqhd,bkhd->bhqk", q, k, dtype) + bias
-    probs = jax.nn.softmax(scores, axis=-1)
-    return probs, _dropped(probs, rate, seeds)
-
-
-def _dropped(x, rate, seeds):
-    if rate == 0.0:
-        return x
-    return jnp.where(_hash_keep(seeds, x.shape, rate), x * (1.0 / (1.0 - rate)), 0.0)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _attention(rate, dtype, q, k, v, bias, seeds):
-    _, dropped = _attention_probs(rate, dtype, q, k, bias, seeds)
-    return _canonical_dot("bhqk,bkhd->bqhd", dropped, v, dtype)
-
-
-def _attention_fwd(rate, dtype, q, k, v, bias, seeds):
-    probs, dropped = _attention_probs(rate, dtype, q, k, bias, seeds)
-    out = _canonical_dot("bhqk,bkhd->bqhd", dropped, v, dtype)
-    like = jnp.zeros((0,), q.dtype), jnp.zeros((0, *bias.shape), bias.dtype)  # dtypes and shape only
-    return out, (q.astype(dtype), k.astype(dtype), v.astype(dtype), probs, seeds, like)
-
-
-def _attention_bwd(rate, dtype, res, g):
-    q, k, v, probs, seeds, (tq, tb) = res
-    # The barrier stops XLA from CSE-ing the recomputed mask / dropped probabilities / head-major
-    # copies with the forward's, which would keep those alive until here instead.
-    q, k, v, probs, seeds = lax.optimization_barrier((q, k, v, probs, seeds))
-    dot = functools.partial(_canonical_dot, dtype=dtype)
-    dv = dot("bhqk,bqhd->bkhd", _dropped(probs, rate, seeds), g)
-    dprobs = _dropped(dot("bqhd,bkhd->bhqk", g, v), rate, seeds)
-    dscores = probs * (dprobs - jnp.sum(dprobs * probs, axis=-1, keepdims=True))
-    dq = dot("bhqk,bkhd->bqhd", dscores, k)
-    dk = dot("bhqk,bqhd->bkhd", dscores, q)
-    dbias = _sum_to(dscores, tb.shape[1:])
-    zeros_seeds = np.zeros(seeds.shape, jax.dtypes.float0)
-    return dq.astype(tq.dtype), dk.astype(tq.dtype), dv.astype(tq.dtype), dbias.astype(tb.dtype), zeros_seeds
-
-
-def _sum_to(x, shape):
-    """Sum ``x`` down to a shape it was broadcast from (the bias gradient)."""
-    axes = tuple(i for i, (a, b) in enumerate(zip(x.shape, shape)) if b == 1 and a != 1)
-    return jnp.sum(x, axis=axes, keepdims=True).reshape(shape)
-
-
-_attention.defvjp(_attention_fwd, _attention_bwd)

@@ -136,7 +136,7 @@ def evaluate(evaluate_fn, trainable, frozen, dev: dict, task, batch_size: int) -
     from jadapt.train.metrics import compute_metrics
 
     loss_sum, w_sum, preds, labels, weights = 0.0, 0.0, [], [], []
-    for batch in data.eval_batches(dev, batch_size):
+    for batch in data.eval_batches(dev, batch_size, sort_by_length=True):  # less padding; labels travel with rows
         l, w, p = evaluate_fn(trainable, frozen, batch)
         loss_sum += float(l)
         w_sum += float(w)
