@@ -185,9 +185,11 @@ def ensure_peer_python(explicit: str | None) -> str:
     if not py.exists():
         print(f"creating the peers' venv at {venv} (torch CPU, transformers, adapters, peft) ...", flush=True)
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run([str(py), "-m", "pip", "install", "-q", "--index-url", "https://download.pytorch.org/whl/cpu",
-                        "torch==2.13.0"], check=True)
-        subprocess.run([str(py), "-m", "pip", "install", "-q", *PEER_PACKAGES], check=True)
+        pip = [str(py), "-m", "pip", "install", "-q"]
+        # the CPU-only torch wheel (no CUDA libraries); plain PyPI if that index is unreachable
+        if subprocess.run([*pip, "--index-url", "https://download.pytorch.org/whl/cpu", PEER_PACKAGES[0]]).returncode:
+            subprocess.run([*pip, PEER_PACKAGES[0]], check=True)
+        subprocess.run([*pip, *PEER_PACKAGES], check=True)
     return str(py)
 
 
@@ -264,7 +266,8 @@ def markdown(result) -> str:
     head = f"| method | compute | jadapt step ms | GFLOP/s | floor ms (at {rate:.0f} GFLOP/s) |"
     sep = "|---|---|---:|---:|---:|"
     if has_peer:
-        head += " peer | peer step ms | step ratio | jadapt eval ms | peer eval ms | eval ratio | jadapt peak MB | peer peak MB | mem ratio |"
+        head += (" peer | peer step ms | step ratio | jadapt eval ms | peer eval ms | eval ratio | jadapt peak MB |"
+                 " peer peak MB | mem ratio |")
         sep += "---|---:|---:|---:|---:|---:|---:|---:|---:|"
     else:
         head += " jadapt eval ms | jadapt peak MB |"
@@ -301,7 +304,8 @@ def markdown(result) -> str:
                 s = (f"- {dt} {m}/full step time: jadapt {r['jadapt']['train_ms'] / full['jadapt']['train_ms']:.2f}")
                 if "peer" in r and "peer" in full:
                     s += f", peer {r['peer']['train_ms'] / full['peer']['train_ms']:.2f}"
-                s += f" (FLOP ideal {ideal:.2f}); peak MB jadapt {r['jadapt']['peak_rss_mb']:,.0f} vs full {full['jadapt']['peak_rss_mb']:,.0f}"
+                s += (f" (FLOP ideal {ideal:.2f}); peak MB jadapt {r['jadapt']['peak_rss_mb']:,.0f}"
+                      f" vs full {full['jadapt']['peak_rss_mb']:,.0f}")
                 extra.append(s)
     if extra:
         lines += ["", "Adapter vs full fine-tuning:", *extra]
@@ -374,7 +378,8 @@ def main() -> None:
             row = run_row(args, method, dtype, peer_python, model_path)
             rows.append(row)
             j = row["jadapt"]
-            msg = f"{method:9s} {dtype:9s} jadapt {j['train_ms']:7.0f} ms step {j['eval_ms']:6.0f} ms eval {j['peak_rss_mb']:6.0f} MB"
+            msg = (f"{method:9s} {dtype:9s} jadapt {j['train_ms']:7.0f} ms step {j['eval_ms']:6.0f} ms eval "
+                   f"{j['peak_rss_mb']:6.0f} MB")
             if "peer" in row:
                 q = row["peer"]
                 msg += (f" | peer {q['train_ms']:7.0f} ms step {q['eval_ms']:6.0f} ms eval {q['peak_rss_mb']:6.0f} MB"
@@ -382,7 +387,8 @@ def main() -> None:
             print(msg + f" | load {row['load_start']:.1f}->{row['load_end']:.1f} ({time.perf_counter() - t:.0f} s)",
                   flush=True)
 
-    result = {"command": command, "started": started.isoformat(), "finished": datetime.datetime.now().astimezone().isoformat(),
+    finished = datetime.datetime.now().astimezone().isoformat()
+    result = {"command": command, "started": started.isoformat(), "finished": finished,
               "machine": {"cpu": _cpu_name(), "cpus": os.cpu_count(), "python": platform.python_version()},
               "args": vars(args), "matmul_rates_gflops": rates, "bf16_rate_gflops": bf16_rate,
               "fp32_rate_gflops": fp32_rate, "floor_rate_gflops": floor_rate,
