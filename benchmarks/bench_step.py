@@ -67,15 +67,17 @@ def jadapt_worker(args) -> None:
     else:
         adapters = (("a", preset(args.method, bottleneck=args.bottleneck)),)
     head = HeadConfig(num_labels=2)
-    if args.model == "minilm":
+    if args.model == "minilm" and args.model_path != "random":
         from jadapt.models.pretrained import load_pretrained
 
         model, params = load_pretrained(adapters=adapters, head=head, compute_dtype=args.dtype)
-    else:
+    else:  # a random model of the named shape (bench_gpu.py: the weights do not travel)
         from jadapt.models.config import EncoderConfig
         from jadapt.models.pretrained import init_params
 
-        cfg = EncoderConfig(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072)
+        shape = MINILM if args.model == "minilm" else BERT_BASE
+        cfg = EncoderConfig(hidden_size=shape["hidden"], num_layers=shape["layers"], num_heads=12,
+                            intermediate_size=shape["intermediate"])
         model = AdapterModel(cfg, adapters=adapters, active=tuple(n for n, _ in adapters), head=head,
                              compute_dtype=args.dtype)
         params = init_params(model, jax.random.key(0))
@@ -127,7 +129,16 @@ def _serve(fns, info) -> None:
             fns[cmd[0]]()
             times.append(time.perf_counter() - t)
         print("TIMES " + json.dumps(times), flush=True)
-    print("DONE " + json.dumps({"maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}), flush=True)
+    done = {"maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    try:
+        import jax
+
+        stats = jax.devices()[0].memory_stats() or {}
+        if "peak_bytes_in_use" in stats and jax.devices()[0].platform != "cpu":
+            done["device_peak_mb"] = stats["peak_bytes_in_use"] / 2**20
+    except Exception:  # noqa: BLE001 -- memory stats are optional
+        pass
+    print("DONE " + json.dumps(done), flush=True)
 
 
 def rates_worker(args) -> None:

@@ -5,7 +5,9 @@ The same train step a PyTorch user would run: AdapterHub ``adapters`` (Pfeiffer 
 classification head), ``peft`` LoRA (r 8, alpha 8, query/value, no LoRA dropout), or plain
 ``transformers`` full fine-tuning; forward + cross-entropy + backward + grad-norm clipping 1.0
 + ``torch.optim.AdamW``, dropout on. ``--dtype bfloat16`` runs forward and loss under
-``torch.autocast("cpu", bfloat16)`` (what HF Trainer's ``bf16=True`` does on CPU).
+``torch.autocast(device, bfloat16)`` (what HF Trainer's ``bf16=True`` does). ``--device cuda``
+runs on the GPU (benchmarks/bench_gpu.py); ``--model-path random`` gives a random model of the
+MiniLM shape (6 x 384, for machines without the packaged weights).
 
 Protocol (lines on stdin / stdout, so the driver can interleave repetitions with jadapt):
 prints ``READY {json}`` after warm-up, then answers ``train N`` / ``eval N`` with
@@ -25,7 +27,11 @@ def build(args):
     import torch
     import transformers
 
-    if args.model == "minilm":
+    if args.model == "minilm" and args.model_path == "random":
+        path = None
+        config = transformers.BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+                                         intermediate_size=1536)
+    elif args.model == "minilm":
         path = args.model_path
         config = transformers.AutoConfig.from_pretrained(path)
     else:  # bert-base-sized random model, same config as jadapt's side
@@ -72,6 +78,7 @@ def main() -> None:
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--bottleneck", type=int, default=64)
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     args = p.parse_args()
 
     import torch
@@ -79,19 +86,21 @@ def main() -> None:
     torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(0)
     t0 = time.perf_counter()
-    model = build(args)
+    dev = torch.device(args.device)
+    model = build(args).to(dev)
     trainable = [q for q in model.parameters() if q.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=1e-4, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 100))
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(1000, 30000, (args.batch, args.seq), generator=g)
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
-    labels = torch.randint(0, 2, (args.batch,), generator=g)
+    batch = {k: v.to(dev) for k, v in batch.items()}
+    labels = torch.randint(0, 2, (args.batch,), generator=g).to(dev)
     amp = args.dtype == "bfloat16"
 
     def train_step():
         model.train()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+        with torch.autocast(args.device, dtype=torch.bfloat16, enabled=amp):
             logits = model(**batch).logits
             loss = torch.nn.functional.cross_entropy(logits.float(), labels)
         loss.backward()
@@ -103,16 +112,17 @@ def main() -> None:
 
     def eval_step():
         model.eval()
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+        with torch.inference_mode(), torch.autocast(args.device, dtype=torch.bfloat16, enabled=amp):
             logits = model(**batch).logits
-            return logits.float().argmax(-1)
+            return logits.float().argmax(-1).cpu()  # .cpu() waits for the GPU
 
     fns = {"train": train_step, "eval": eval_step}
     for _ in range(args.warmup):
         train_step()
         eval_step()
     info = {"setup_s": time.perf_counter() - t0, "torch": torch.__version__,
-            "trainable_params": sum(q.numel() for q in trainable), "threads": torch.get_num_threads()}
+            "trainable_params": sum(q.numel() for q in trainable), "threads": torch.get_num_threads(),
+            "transformers": __import__("transformers").__version__, "device": args.device}
     print("READY " + json.dumps(info), flush=True)
     for line in sys.stdin:
         cmd = line.split()
@@ -126,7 +136,10 @@ def main() -> None:
             fn()
             times.append(time.perf_counter() - t)
         print("TIMES " + json.dumps(times), flush=True)
-    print("DONE " + json.dumps({"maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}), flush=True)
+    done = {"maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if args.device == "cuda":
+        done["device_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    print("DONE " + json.dumps(done), flush=True)
 
 
 if __name__ == "__main__":
