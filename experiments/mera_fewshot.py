@@ -660,6 +660,8 @@ def plot(s: Settings, cells: dict, path: Path) -> Optional[Path]:
     import matplotlib.pyplot as plt
 
     modes = list(s.pool_modes)
+    if len(s.ks) == 1:
+        return _bar_plot(s, cells, path, plt)
     fig, axes = plt.subplots(len(modes), len(s.targets), figsize=(5 * len(s.targets), 4 * len(modes)),
                              squeeze=False)
     for ci, target in enumerate(s.targets):
@@ -690,6 +692,43 @@ def plot(s: Settings, cells: dict, path: Path) -> Optional[Path]:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _bar_plot(s: Settings, cells: dict, path: Path, plt) -> Path:
+    """One k: a bar per method and pool mode (mean ± std over seeds), one panel per target."""
+    k = s.ks[0]
+    fig, axes = plt.subplots(1, len(s.targets), figsize=(5.5 * len(s.targets), 4.5), squeeze=False)
+    for ci, target in enumerate(s.targets):
+        ax = axes[0][ci]
+        names, ys, es, colors = [], [], [], []
+        for method in s.methods:
+            for mode in (s.pool_modes if uses_pool(method) else (None,)):
+                ok = [r["main"] for r in cells.get((target, k, method, mode), []) if r.get("status") == "ok"]
+                if not ok:
+                    continue
+                mu, sd, _ = common.mean_std(ok)
+                names.append(label(method, mode).replace(" (excluded)", "").replace(" (included)", " (incl.)"))
+                ys.append(100 * mu), es.append(100 * sd)
+                colors.append("tab:gray" if method in ("scratch", "full-ft") else
+                              "tab:orange" if method in ("best-single", "fusion") else "tab:blue")
+        ax.bar(range(len(ys)), ys, yerr=es, color=colors, capsize=3)
+        ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
+        lo = min((y - e for y, e in zip(ys, es)), default=0)
+        ax.set_ylim(max(0, lo - 5), max((y + e for y, e in zip(ys, es)), default=100) + 3)
+        ax.set_title(f"{target.upper()}, k={k} per class")
+        ax.set_ylabel(f"dev {data_metric(target)} (%)")
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def data_metric(target: str) -> str:
+    from jadapt import data
+
+    return data.get_task(target).metrics[0]
 
 
 # ---------------------------------------------------------------- run-time projection
@@ -847,6 +886,8 @@ def parse_args(argv=None):
     p.add_argument("--out", default=None, help="markdown (default experiments/results/mera.md; quick: mera_quick.md)")
     p.add_argument("--jsonl", default=None, help="run log (default: --out with .jsonl)")
     p.add_argument("--compile-cache", default="runs/jax_cache", help="XLA persistent compilation cache ('' = off)")
+    p.add_argument("--report-only", action="store_true",
+                   help="run nothing: write the report from the runs of this plan already in the JSONL")
     return p.parse_args(argv)
 
 
@@ -908,7 +949,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     probed = {i for i, item in enumerate(todo) if needs_activations(s, item[3])}
     current = None
     for i, ((seed, k, target, method, mode), key) in enumerate(zip(todo, keys)):
-        if log.done(key):
+        if log.done(key) or args.report_only:
             continue
         if target != current:
             study.focus(target)
