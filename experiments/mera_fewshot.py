@@ -782,7 +782,7 @@ def project(records: list[dict], target_settings: Settings, num_labels: dict, de
 # ---------------------------------------------------------------- markdown
 def write_report(path: Path, *, s: Settings, cells: dict, pool: Optional[Pool], quick: bool,
                  command: str, full_command: str, wall_s: float, png: Optional[Path], projection: Optional[dict],
-                 load_start: Optional[float], jsonl: Path) -> None:
+                 load_start: Optional[float], jsonl: Path, verdict: Optional[Path] = None) -> None:
     hw, sw = common.hardware(), common.software()
     n_ok = sum(1 for recs in cells.values() for r in recs if r.get("status") == "ok")
     n_skip = sum(1 for recs in cells.values() for r in recs if r.get("status") == "skipped")
@@ -821,12 +821,15 @@ def write_report(path: Path, *, s: Settings, cells: dict, pool: Optional[Pool], 
         text += [f"![mean accuracy vs k]({png.name})", ""]
     text += ["## Observations (automatic, differences of means in points; no significance test)", ""]
     text += observations(s, cells) or ["- no finished runs yet"]
-    text += ["", "## Which paper claims reproduced (for the lead to fill in from the tables)", "",
-             "- MerA (a merged adapter as initialisation) beats a single pretrained adapter and AdapterFusion "
-             "in few-shot: _to fill_",
-             "- alignment before merging (weights / activations) beats plain averaging: _to fill_",
-             "- same-track MerA beats merging the whole pool: _to fill_",
-             "- MerA reaches AdapterFusion's accuracy at one adapter's inference cost: _to fill_", ""]
+    if verdict is not None:  # written by a person from the tables above (``--verdict FILE``)
+        text += ["", verdict.read_text().strip(), ""]
+    else:
+        text += ["", "## Which paper claims reproduced (for the lead to fill in from the tables)", "",
+                 "- MerA (a merged adapter as initialisation) beats a single pretrained adapter and AdapterFusion "
+                 "in few-shot: _to fill_",
+                 "- alignment before merging (weights / activations) beats plain averaging: _to fill_",
+                 "- same-track MerA beats merging the whole pool: _to fill_",
+                 "- MerA reaches AdapterFusion's accuracy at one adapter's inference cost: _to fill_", ""]
     text += ["## Time and provenance", "",
              f"- command: `{command}`",
              f"- finished runs in the tables: {n_ok} (+{n_skip} skipped cells); their summed run time "
@@ -886,6 +889,8 @@ def parse_args(argv=None):
     p.add_argument("--out", default=None, help="markdown (default experiments/results/mera.md; quick: mera_quick.md)")
     p.add_argument("--jsonl", default=None, help="run log (default: --out with .jsonl)")
     p.add_argument("--compile-cache", default="runs/jax_cache", help="XLA persistent compilation cache ('' = off)")
+    p.add_argument("--verdict", default=None,
+                   help="markdown file with the claim-by-claim verdict, included in the report as is")
     p.add_argument("--report-only", action="store_true",
                    help="run nothing: write the report from the runs of this plan already in the JSONL")
     return p.parse_args(argv)
@@ -989,7 +994,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
               f"({common.fmt_duration(wall['total_s'])} wall at this load) for {cpu['runs']} runs", flush=True)
     write_report(out, s=s, cells=cells, pool=pool, quick=args.quick, command=command,
                  full_command=full_command_for(args, raw), wall_s=time.time() - t0, png=png,
-                 projection=projection, load_start=load_start, jsonl=jsonl)
+                 projection=projection, load_start=load_start, jsonl=jsonl,
+                 verdict=Path(args.verdict) if args.verdict else None)
     print(f"report: {out}", flush=True)
     return {"cells": cells, "projection": projection, "report": out}
 

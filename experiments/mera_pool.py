@@ -135,7 +135,7 @@ def train_source(task: str, *, pool: Path, data_dir, model: Optional[str], budge
             return entry
     data_root = pool / "_data" / task
     caps = {k: budget[k] for k in ("train_cap", "dev_cap", "holdout")}
-    info = prepare_source_data(task, data_dir, data_root, seed=seed, **caps)
+    info = prepare_source_data(task, data_dir, data_root, seed=0, **caps)  # same rows whatever the init seed
     cfg = TrainConfig(task=task, method=METHOD, model=model, data_dir=str(data_root), out=str(out),
                       epochs=budget["epochs"], batch_size=batch_size, max_length=max_length, bottleneck=BOTTLENECK,
                       lr=LR, seed=seed, compute_dtype=compute_dtype, adapter_name=ADAPTER_NAME, progress=False)
@@ -154,7 +154,8 @@ def train_source(task: str, *, pool: Path, data_dir, model: Optional[str], budge
 
 
 # ---------------------------------------------------------------- report
-def write_report(entries: list[dict], path: Path, *, command: str, wall_s: float, budget: dict, quick: bool) -> None:
+def write_report(entries: list[dict], path: Path, *, command: str, wall_s: float, budget: dict, quick: bool,
+                 seeds: str = "seed 0") -> None:
     rows = [[e["task"], e["track"], e["train_rows"], e["dev_rows"], e["steps"], e["metric"],
              f"{100 * e['dev_score']:.1f}" if e.get("dev_score") is not None else None,
              common.fmt_duration(e["wall_s"]), e["note"] or ""] for e in entries]
@@ -164,7 +165,7 @@ def write_report(entries: list[dict], path: Path, *, command: str, wall_s: float
         "# MerA source adapter pool" + (" (QUICK MODE: tiny budgets, not a result)" if quick else ""),
         "",
         f"Pfeiffer adapters (bottleneck {BOTTLENECK}), packaged all-MiniLM-L6-v2, lr {LR}, batch 32, max length 128, "
-        f"seed 0, <= {budget['train_cap']} train rows x {budget['epochs']:g} epochs, best of per-epoch dev "
+        f"{seeds}, <= {budget['train_cap']} train rows x {budget['epochs']:g} epochs, best of per-epoch dev "
         f"evaluations on <= {budget['dev_cap']} dev rows. See `experiments/mera_pool.py` for the data protocol.",
         "",
         common.markdown_table(["task", "track", "train rows", "dev rows", "steps", "metric", "dev (best epoch)",
@@ -198,6 +199,9 @@ def parse_args(argv=None):
     p.add_argument("--holdout", type=int, default=None, help="rows held out as dev where a task has one split")
     p.add_argument("--epochs", type=float, default=None)
     p.add_argument("--compute-dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--distinct-seeds", action="store_true",
+                   help="train task i with seed i + 1 (init, dropout, order) instead of seed 0 for all: units of "
+                        "adapters from one shared init stay in matching order, so alignment has nothing to do")
     p.add_argument("--report", default=None,
                    help="markdown summary (default experiments/results/mera_pool.md; quick: mera_pool_quick.md)")
     p.add_argument("--compile-cache", default="runs/jax_cache",
@@ -228,7 +232,7 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
     for i, task in enumerate(tasks):
         print(f"[pool {i + 1}/{len(tasks)}] {task} ...", flush=True)
         e = train_source(task, pool=pool, data_dir=data_dir, model=args.model, budget=budget,
-                         compute_dtype=args.compute_dtype)
+                         compute_dtype=args.compute_dtype, seed=i + 1 if args.distinct_seeds else 0)
         print(f"[pool {i + 1}/{len(tasks)}] {task}: dev {e['metric']} {e['dev_score']:.4f}, {e['steps']} steps, "
               f"{e['wall_s']:.0f} s wall / {e['cpu_s']:.0f} s CPU", flush=True)
         entries.append(e)
@@ -236,7 +240,8 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
                 "budget": budget, "quick": args.quick, "command": command, "adapters": entries}
     common.write_text_atomic(pool / "pool.json", json.dumps(manifest, indent=1, default=float))
     report = Path(args.report or (RESULTS / ("mera_pool_quick.md" if args.quick else "mera_pool.md")))
-    write_report(entries, report, command=command, wall_s=time.time() - t0, budget=budget, quick=args.quick)
+    write_report(entries, report, command=command, wall_s=time.time() - t0, budget=budget, quick=args.quick,
+                 seeds="task i: seed i + 1" if args.distinct_seeds else "seed 0")
     print(f"pool manifest: {pool / 'pool.json'}; report: {report}", flush=True)
     return entries
 

@@ -159,3 +159,11 @@ def test_quick_study_end_to_end_and_resume(tiny_setup):
     n_lines = len(open(out.with_suffix(".jsonl")).readlines())
     fs.main(argv)
     assert len(open(out.with_suffix(".jsonl")).readlines()) == n_lines
+
+    # report only, from a wider plan: runs nothing, keeps the finished runs, includes a verdict
+    verdict = root / "verdict.md"
+    verdict.write_text("## Verdict\n\n- a claim: reproduced\n")
+    fs.main([*argv, "--seeds", "2", "--report-only", "--verdict", str(verdict)])
+    assert len(open(out.with_suffix(".jsonl")).readlines()) == n_lines
+    report = out.read_text()
+    assert "- a claim: reproduced" in report and "_to fill_" not in report and "### RTE" in report
