@@ -149,7 +149,7 @@ def test_quick_study_end_to_end_and_resume(tiny_setup):
             assert len(r["members"]) == (2 if mode == "excluded" else 3)
     assert by[("rte", "best-single", "excluded")]["reference"] in ("mrpc", "stsb")
     report = out.read_text()
-    assert "### RTE" in report and "### MRPC" in report and "Projected" in report
+    assert "### RTE" in report and "### MRPC" in report and "Projection for its" in report
     assert out.with_suffix(".png").is_file()
     proj = res["projection"]
     assert proj["total_s"] > proj["compile_s"] >= 0 and not proj["unmeasured"]
