@@ -35,6 +35,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from bench_matmul import median_seconds  # noqa: E402
 from bench_step import PEER_NAMES, Worker  # noqa: E402
 from flops import BERT_BASE, MINILM, Shape, step_flops  # noqa: E402
 
@@ -53,13 +54,7 @@ def matmul_rate(n: int, reps: int = 10) -> float:
 
     x = jnp.ones((n, n), jnp.bfloat16)
     f = jax.jit(lambda a, b: lax.dot_general(a, b, (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32))
-    f(x, x).block_until_ready()
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        f(x, x).block_until_ready()
-        ts.append(time.perf_counter() - t)
-    return 2.0 * n**3 / statistics.median(ts) / 1e12
+    return 2.0 * n**3 / median_seconds(f, x, x, reps=reps) / 1e12
 
 
 def run_row(model, batch, method, args, device):

@@ -20,6 +20,19 @@ SHAPES = {  # name: (batch, m, k, n)
 }
 
 
+def median_seconds(f, *args, reps: int = 10) -> float:
+    """Median wall time of ``f(*args)`` over ``reps`` calls after one untimed (compiling) call."""
+    import jax
+
+    jax.block_until_ready(f(*args))
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        jax.block_until_ready(f(*args))
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
+
+
 def matmul_rates(reps: int = 10) -> dict[str, dict[str, float]]:
     """{shape: {"bfloat16": GFLOP/s, "float32": GFLOP/s}} (medians over ``reps`` calls)."""
     import jax
@@ -34,13 +47,7 @@ def matmul_rates(reps: int = 10) -> dict[str, dict[str, float]]:
             y = jnp.ones((b, k, n), dt)
             dims = (((2,), (1,)), ((0,), (0,)))
             f = jax.jit(lambda x, y: lax.dot_general(x, y, dims, preferred_element_type=jnp.float32))
-            f(x, y).block_until_ready()
-            ts = []
-            for _ in range(reps):
-                t = time.perf_counter()
-                f(x, y).block_until_ready()
-                ts.append(time.perf_counter() - t)
-            row[dt] = 2.0 * b * m * k * n / statistics.median(ts) / 1e9
+            row[dt] = 2.0 * b * m * k * n / median_seconds(f, x, y, reps=reps) / 1e9
         out[name] = row
     return out
 
