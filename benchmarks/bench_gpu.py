@@ -27,7 +27,6 @@ import datetime
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -36,7 +35,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from bench_matmul import median_seconds  # noqa: E402
-from bench_step import PEER_NAMES, Worker  # noqa: E402
+from bench_step import PEER_NAMES, med_ms, time_workers  # noqa: E402
 from flops import BERT_BASE, MINILM, Shape, step_flops  # noqa: E402
 
 # (model, batch, method), most important first: the targets are bert-base 256 and minilm 32
@@ -68,24 +67,10 @@ def run_row(model, batch, method, args, device):
     if not args.no_peers:
         specs["peer"] = ([args.peer_python, str(HERE / "peers" / "peer_step.py"), *common, "--device", device],
                          penv)
-    workers = {k: Worker(k, *v) for k, v in specs.items()}
-    times = {k: {"train": [], "eval": []} for k in specs}
-    try:
-        info = {k: w.ready() for k, w in workers.items()}
-        order = list(specs)
-        for what, n in (("train", args.steps), ("eval", args.steps)):
-            for r in range(args.rounds):
-                for k in (order if r % 2 == 0 else order[::-1]):
-                    times[k][what] += workers[k].run(what, n)
-        done = {k: w.quit() for k, w in workers.items()}
-    finally:
-        for w in workers.values():
-            if w.proc.poll() is None:
-                w.proc.kill()
+    info, times, done = time_workers(specs, args.steps, args.steps, args.rounds)
     row = {"model": model, "batch": batch, "method": method}
     for k in specs:
-        row[k] = {"train_ms": 1e3 * statistics.median(times[k]["train"]),
-                  "eval_ms": 1e3 * statistics.median(times[k]["eval"]), **info[k], **done[k]}
+        row[k] = {"train_ms": med_ms(times[k]["train"]), "eval_ms": med_ms(times[k]["eval"]), **info[k], **done[k]}
     return row
 
 

@@ -234,6 +234,32 @@ def med_ms(times):
     return 1e3 * statistics.median(times)
 
 
+def time_workers(specs, steps, eval_steps, rounds, sequential=False):
+    """Start one worker per ``specs`` entry (name: (cmd, env)) and time ``train`` / ``eval``.
+
+    Interleaved: all workers alive, repetitions alternate (a, b, b, a, ...) so every side
+    sees the same background load. Sequential: one worker at a time (half the peak memory,
+    for big models on small machines). Returns (ready info, {name: {train, eval: [s]}},
+    quit info), each keyed by worker name.
+    """
+    groups = [list(specs)] if not sequential else [[k] for k in specs]
+    info, times, done = {}, {k: {"train": [], "eval": []} for k in specs}, {}
+    for group in groups:
+        workers = {k: Worker(k, *specs[k]) for k in group}
+        try:
+            info.update({k: w.ready() for k, w in workers.items()})
+            for what, n in (("train", steps), ("eval", eval_steps)):
+                for r in range(rounds):
+                    for k in (group if r % 2 == 0 else group[::-1]):
+                        times[k][what] += workers[k].run(what, n)
+            done.update({k: w.quit() for k, w in workers.items()})
+        finally:
+            for w in workers.values():
+                if w.proc.poll() is None:
+                    w.proc.kill()
+    return info, times, done
+
+
 def run_row(args, method, dtype, peer_python, model_path):
     common = ["--model", args.model, "--method", method, "--dtype", dtype, "--batch", str(args.batch),
               "--seq", str(args.seq), "--bottleneck", str(args.bottleneck), "--warmup", str(args.warmup)]
@@ -245,23 +271,7 @@ def run_row(args, method, dtype, peer_python, model_path):
             peer_env["LD_PRELOAD"] = jadapt_env(args.peer_allocator).get("LD_PRELOAD", "")
         specs["peer"] = ([peer_python, str(HERE / "peers" / "peer_step.py"), *common, "--model-path", model_path],
                          peer_env)
-    # interleaved: both processes alive, repetitions alternate; sequential: one process at a time
-    # (half the peak memory of the machine, for big models on small machines)
-    groups = [list(specs)] if not args.sequential else [[k] for k in specs]
-    info, times, done = {}, {k: {"train": [], "eval": []} for k in specs}, {}
-    for group in groups:
-        workers = {k: Worker(k, *specs[k]) for k in group}
-        try:
-            info.update({k: w.ready() for k, w in workers.items()})
-            for what, n in (("train", args.steps), ("eval", args.eval_steps)):
-                for r in range(args.rounds):
-                    for k in (group if r % 2 == 0 else group[::-1]):
-                        times[k][what] += workers[k].run(what, n)
-            done.update({k: w.quit() for k, w in workers.items()})
-        finally:
-            for w in workers.values():
-                if w.proc.poll() is None:
-                    w.proc.kill()
+    info, times, done = time_workers(specs, args.steps, args.eval_steps, args.rounds, args.sequential)
     row = {"method": method, "dtype": dtype, "load_start": load0, "load_end": os.getloadavg()[0]}
     for k in specs:
         row[k] = {"train_ms": med_ms(times[k]["train"]), "eval_ms": med_ms(times[k]["eval"]),

@@ -839,7 +839,7 @@ def write_report(path: Path, *, s: Settings, cells: dict, pool: Optional[Pool], 
              f"- hardware: {hw['cpu_model']}, {hw['cores_available']} cores, {hw.get('memory_gb')} GB RAM, "
              f"{hw.get('jax_devices', 'cpu')}; load average {load_start} at start, {hw.get('load_average_1m')} "
              f"at the end (the machine is shared: wall times include waiting for the CPU)",
-             f"- software: " + ", ".join(f"{k} {v}" for k, v in sw.items())]
+             "- software: " + ", ".join(f"{k} {v}" for k, v in sw.items())]
     if pool is not None:
         text.append(f"- pool: `{pool.manifest.get('command', '?')}` (id {pool.id}; base model "
                     f"{', '.join(pool.base_models)})")

@@ -39,13 +39,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Optional, Sequence
-
-import numpy as np
 
 from experiments import common
 
@@ -180,7 +177,7 @@ def write_report(entries: list[dict], path: Path, *, command: str, wall_s: float
         f"per-task wall/CPU seconds are in each `pool_entry.json`",
         f"- hardware: {hw['cpu_model']}, {hw['cores_available']} cores, {hw.get('memory_gb')} GB, "
         f"load average {hw.get('load_average_1m')} at the end (machine shared with other jobs)",
-        f"- software: " + ", ".join(f"{k} {v}" for k, v in sw.items()),
+        "- software: " + ", ".join(f"{k} {v}" for k, v in sw.items()),
     ]
     common.write_text_atomic(path, "\n".join(text) + "\n")
 

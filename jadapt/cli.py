@@ -7,7 +7,6 @@ path, bad checkpoint, labels or lengths out of range) exits with status 2 and on
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 

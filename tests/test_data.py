@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 
 from jadapt import data
-from jadapt.data import batching
 
 REPO = Path(__file__).resolve().parents[1]
 

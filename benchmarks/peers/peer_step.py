@@ -24,7 +24,7 @@ import time
 
 
 def build(args):
-    import torch
+    import torch  # noqa: F401  (fail here, before transformers, if torch is missing)
     import transformers
 
     if args.model == "minilm" and args.model_path == "random":
