@@ -63,7 +63,10 @@ def run_row(model, batch, method, args, device):
     penv = dict(os.environ)
     if args.peer_pythonpath:
         penv["PYTHONPATH"] = os.pathsep.join(x for x in (args.peer_pythonpath, penv.get("PYTHONPATH", "")) if x)
-    specs = {"jadapt": ([sys.executable, str(HERE / "bench_step.py"), "--worker", "jadapt", *common], jenv)}
+    # one jadapt worker per attention kernel ("jadapt" = matmul, "jadapt-fused" = ...), all interleaved
+    specs = {("jadapt" if a == "matmul" else f"jadapt-{a}"):
+             ([sys.executable, str(HERE / "bench_step.py"), "--worker", "jadapt", *common, "--attention", a], jenv)
+             for a in args.attention.split(",")}
     if not args.no_peers:
         specs["peer"] = ([args.peer_python, str(HERE / "peers" / "peer_step.py"), *common, "--device", device],
                          penv)
@@ -90,20 +93,23 @@ def markdown(res) -> str:
             continue
         shp = Shape(batch=r["batch"], seq=res["seq"], **(MINILM if r["model"] == "minilm" else BERT_BASE))
         fl = step_flops(shp, r["method"])["train"]
-        j, p = r["jadapt"], r.get("peer")
+        p = r.get("peer")
         mfu = lambda ms: f"{fl / (ms / 1e3) / (rate * 1e12):.1%}" if rate else "-"  # noqa: E731
         tgt = TARGETS.get((r["model"], r["batch"], r["method"]))
-        cells = [r["model"], f"{r['batch']} x {res['seq']}", r["method"], f"{j['train_ms']:.2f}"]
-        if p:
-            cells += [PEER_NAMES[r["method"]] + " (bf16 autocast)", f"{p['train_ms']:.2f}",
-                      f"**{j['train_ms'] / p['train_ms']:.2f}**", f"<= {tgt}" if tgt else "-"]
-        else:
-            cells += ["-", "-", "-", "-"]
-        cells += [f"{r['batch'] * res['seq'] / (j['train_ms'] / 1e3):,.0f}", mfu(j["train_ms"]),
-                  mfu(p["train_ms"]) if p else "-", f"{j['eval_ms']:.2f}", f"{p['eval_ms']:.2f}" if p else "-",
-                  f"{j['eval_ms'] / p['eval_ms']:.2f}" if p else "-", f"{j.get('device_peak_mb', 0):,.0f}",
-                  f"{p.get('device_peak_mb', 0):,.0f}" if p else "-"]
-        lines.append("| " + " | ".join(cells) + " |")
+        for key in (k for k in r if k.startswith("jadapt")):
+            j = r[key]
+            label = r["method"] + (f" ({key[len('jadapt-'):]} attention)" if key != "jadapt" else "")
+            cells = [r["model"], f"{r['batch']} x {res['seq']}", label, f"{j['train_ms']:.2f}"]
+            if p:
+                cells += [PEER_NAMES[r["method"]] + " (bf16 autocast)", f"{p['train_ms']:.2f}",
+                          f"**{j['train_ms'] / p['train_ms']:.2f}**", f"<= {tgt}" if tgt else "-"]
+            else:
+                cells += ["-", "-", "-", "-"]
+            cells += [f"{r['batch'] * res['seq'] / (j['train_ms'] / 1e3):,.0f}", mfu(j["train_ms"]),
+                      mfu(p["train_ms"]) if p else "-", f"{j['eval_ms']:.2f}", f"{p['eval_ms']:.2f}" if p else "-",
+                      f"{j['eval_ms'] / p['eval_ms']:.2f}" if p else "-", f"{j.get('device_peak_mb', 0):,.0f}",
+                      f"{p.get('device_peak_mb', 0):,.0f}" if p else "-"]
+            lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Ratios are jadapt / peer (below 1: jadapt faster). Both sides: random models of the "
               "named shape, bf16 compute (jadapt: bf16 matmuls, fp32 params / LayerNorm / softmax / AdamW; "
               "peers: torch.autocast bf16), dropout on, AdamW, grad clip 1.0; medians over "
@@ -127,6 +133,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--attention", default="matmul,fused",
+                   help="jadapt attention kernels to time per row, side by side (comma list of matmul, fused)")
     p.add_argument("--rows", default=None, help="comma list of model:batch:method (default: all, by priority)")
     p.add_argument("--budget-s", type=float, default=420.0, help="start no new row after this many seconds")
     p.add_argument("--align-timeout-s", type=float, default=150.0)
@@ -169,7 +177,8 @@ def main() -> None:
             row = {"model": model, "batch": batch, "method": method, "error": f"{type(e).__name__}: {e}"[-2000:]}
         row["row_wall_s"] = time.perf_counter() - t
         res["rows"].append(row)
-        msg = row.get("error") or (f"jadapt {row['jadapt']['train_ms']:.2f} ms" +
+        msg = row.get("error") or (", ".join(f"{k} {v['train_ms']:.2f} ms" for k, v in row.items()
+                                             if k.startswith("jadapt")) +
                                    (f", peer {row['peer']['train_ms']:.2f} ms, ratio "
                                     f"{row['jadapt']['train_ms'] / row['peer']['train_ms']:.2f}" if "peer" in row else ""))
         print(f"[{time.perf_counter() - t0:5.0f}s] {model} {batch}x{args.seq} {method}: {msg}", flush=True)

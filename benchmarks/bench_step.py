@@ -70,7 +70,8 @@ def jadapt_worker(args) -> None:
     if args.model == "minilm" and args.model_path != "random":
         from jadapt.models.pretrained import load_pretrained
 
-        model, params = load_pretrained(adapters=adapters, head=head, compute_dtype=args.dtype)
+        model, params = load_pretrained(adapters=adapters, head=head, compute_dtype=args.dtype,
+                                        attention=args.attention)
     else:  # a random model of the named shape (bench_gpu.py: the weights do not travel)
         from jadapt.models.config import EncoderConfig
         from jadapt.models.pretrained import init_params
@@ -79,7 +80,7 @@ def jadapt_worker(args) -> None:
         cfg = EncoderConfig(hidden_size=shape["hidden"], num_layers=shape["layers"], num_heads=12,
                             intermediate_size=shape["intermediate"])
         model = AdapterModel(cfg, adapters=adapters, active=tuple(n for n, _ in adapters), head=head,
-                             compute_dtype=args.dtype)
+                             compute_dtype=args.dtype, attention=args.attention)
         params = init_params(model, jax.random.key(0))
     names = [n for n, _ in adapters]
     ln = any(c.train_layer_norms for _, c in adapters)  # as `jadapt train` (Houlsby trains LayerNorms)
@@ -264,7 +265,8 @@ def run_row(args, method, dtype, peer_python, model_path):
     common = ["--model", args.model, "--method", method, "--dtype", dtype, "--batch", str(args.batch),
               "--seq", str(args.seq), "--bottleneck", str(args.bottleneck), "--warmup", str(args.warmup)]
     load0 = os.getloadavg()[0]
-    specs = {"jadapt": ([sys.executable, __file__, "--worker", "jadapt", *common], jadapt_env(args.allocator))}
+    specs = {"jadapt": ([sys.executable, __file__, "--worker", "jadapt", *common, "--attention", args.attention],
+                        jadapt_env(args.allocator))}
     if peer_python:
         peer_env = dict(os.environ)
         if args.peer_allocator != "system":
@@ -360,6 +362,7 @@ def main() -> None:
     p.add_argument("--model-path", default=None, help=argparse.SUPPRESS)
     p.add_argument("--method", default=None, help=argparse.SUPPRESS)  # worker: one row
     p.add_argument("--dtype", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--attention", default="matmul", choices=("matmul", "fused"), help="jadapt's attention kernel")
     args = p.parse_args()
     if args.worker == "jadapt":
         return jadapt_worker(args)

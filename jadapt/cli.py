@@ -40,6 +40,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compute-dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--pooling", default="mean", choices=("mean", "cls"))
+    _add_attention(p)
     p.add_argument("--train-layer-norms", default=None, choices=("yes", "no"))
     p.add_argument("--init-adapter", default=None, help="adapter checkpoint to start from (e.g. a merge)")
     p.add_argument("--fusion-adapters", nargs="*", default=(), help="adapter checkpoints to fuse (--method fusion)")
@@ -67,7 +68,7 @@ def run_train(args) -> dict:
         lr=args.lr, warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay, seed=args.seed,
         compute_dtype=args.compute_dtype, pooling=args.pooling, init_adapter=args.init_adapter,
         fusion_adapters=tuple(args.fusion_adapters), save_every=args.save_every,
-        progress=not args.no_progress, sharding=args.sharding,
+        progress=not args.no_progress, sharding=args.sharding, attention=args.attention,
     )
     result = fit(cfg)
     main = _main_metric(result)
@@ -80,7 +81,14 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="adapter checkpoint dir (e.g. <train out>/best)")
     p.add_argument("--task", default=None, help="default: the checkpoint's task")
     p.add_argument("--split", default=None, help="default: the task's dev split")
+    _add_attention(p)
     _add_common(p)
+
+
+def _add_attention(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--attention", default="matmul", choices=("matmul", "fused"),
+                   help="attention kernel: matmul (fastest on CPU) or fused (jax.nn.dot_product_attention, "
+                        "cuDNN flash attention on GPUs; skips attention-probability dropout in training)")
 
 
 def run_eval(args) -> dict:
@@ -91,7 +99,8 @@ def run_eval(args) -> dict:
     if not Path(args.checkpoint).exists():
         raise FileNotFoundError(f"checkpoint path {args.checkpoint} does not exist")
     result = evaluate_checkpoint(args.checkpoint, task=args.task, data_dir=args.data_dir, split=args.split,
-                                 batch_size=args.batch_size, max_length=args.max_length)
+                                 batch_size=args.batch_size, max_length=args.max_length,
+                                 attention=args.attention)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     from jadapt.train.loop import write_metrics

@@ -23,14 +23,15 @@ _FREE_FIELDS = ("hidden_dropout", "attention_dropout", "initializer_range")
 
 
 def load_model(directory: str | os.PathLike, *, base_model: Optional[str] = None,
-               compute_dtype: Optional[str] = None, seed: int = 0):
+               compute_dtype: Optional[str] = None, seed: int = 0, attention: str = "matmul"):
     """(model, full params, metadata) from an adapter checkpoint.
 
     The backbone comes from the base model's HF weights, adapters / head from the checkpoint;
     only leaves in neither (an inactive adapter that was not saved, a head dense layer the
     base model has no pooler for) are initialised, with ``seed``: that costs a compile, so
     it is skipped when nothing is missing. ``base_model`` overrides the checkpoint's
-    ``base_model`` (e.g. a local copy of a hub model).
+    ``base_model`` (e.g. a local copy of a hub model). ``attention``: the attention kernel
+    (``matmul`` | ``fused``, see ``SelfAttention``), a runtime choice not stored in checkpoints.
     """
     import jax
 
@@ -51,7 +52,7 @@ def load_model(directory: str | os.PathLike, *, base_model: Optional[str] = None
         raise FileNotFoundError(f"{where} was trained on base model {base!r}, which cannot be found ({e}); "
                                 "pass base_model=<local HF model dir> to load it against a copy") from e
     model = AdapterModel(config, adapters=adapters, active=active, head=head, fusion=fusion,
-                         compute_dtype=compute_dtype or meta.get("compute_dtype", "float32"))
+                         compute_dtype=compute_dtype or meta.get("compute_dtype", "float32"), attention=attention)
     expected = param_shapes(model)
     params = overlay(convert_state_dict(state_dict, expected), saved, expected, where, active)
     _check_encoder(meta.get("encoder_config"), config, base, where)  # after overlay: shape errors name leaves

@@ -143,7 +143,8 @@ def load_for_fusion(cfg, model_dir, head) -> tuple[AdapterModel, dict, list[str]
         specs.append((name, configs[name]))
         saved.update(tree.flatten(tree.select(params, adapter_path_pattern(name))))
     model, params = load_pretrained(model_dir, adapters=tuple(specs), active=(specs[0][0],), head=head,
-                                    compute_dtype=cfg.compute_dtype, seed=cfg.seed, remat=cfg.remat)
+                                    compute_dtype=cfg.compute_dtype, seed=cfg.seed, remat=cfg.remat,
+                                    attention=cfg.attention)
     flat = tree.flatten(params)
     bad = [f"{p}: {tuple(x.shape)} vs model {tuple(flat[p].shape) if p in flat else 'absent'}"
            for p, x in saved.items() if p not in flat or tuple(flat[p].shape) != tuple(x.shape)]

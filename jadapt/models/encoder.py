@@ -25,7 +25,9 @@ from jadapt.adapters.bottleneck import AdapterSite
 from jadapt.adapters.config import AdapterConfig
 from jadapt.adapters.lora import LoraBank
 from jadapt.models.config import EncoderConfig
-from jadapt.models.layers import Dense, Dropout, LayerNorm, activation, einsum
+from jadapt.models.layers import DTYPES, Dense, Dropout, LayerNorm, activation, einsum
+
+ATTENTION_IMPLS = ("matmul", "fused")
 
 AdapterSpecs = tuple[tuple[str, AdapterConfig], ...]
 
@@ -50,10 +52,17 @@ def _project(module: nn.Module, x, features, name, target, adapters, active, cdt
 
 
 class SelfAttention(nn.Module):
+    """Multi-head self-attention. ``attention``: ``matmul`` (two canonical matmuls + fp32
+    softmax, the fastest form on XLA:CPU, with attention-probability dropout) or ``fused``
+    (``jax.nn.dot_product_attention``: cuDNN flash attention on GPUs when shapes and dtype
+    allow, XLA elsewhere; it has no dropout, so attention-probability dropout is skipped,
+    as in flash-attention trainers; hidden dropout stays)."""
+
     config: EncoderConfig
     adapters: AdapterSpecs = ()
     active: tuple[str, ...] = ()
     compute_dtype: str = "float32"
+    attention: str = "matmul"
 
     @nn.compact
     def __call__(self, x, mask_bias, deterministic: bool = True):
@@ -67,10 +76,16 @@ class SelfAttention(nn.Module):
         split = lambda t: t.reshape(b, s, cfg.num_heads, cfg.head_dim)
         q = split(proj("query", x)) * (cfg.head_dim ** -0.5)
         k, v = split(proj("key", x)), split(proj("value", x))
-        scores = einsum("bqhd,bkhd->bhqk", q, k, cdt) + mask_bias
-        probs = jax.nn.softmax(scores, axis=-1)
-        probs = Dropout(cfg.attention_dropout)(probs, deterministic)
-        ctx = einsum("bhqk,bkhd->bqhd", probs, v, cdt).reshape(b, s, cfg.hidden_size)
+        if self.attention == "fused":
+            dt = DTYPES[cdt]
+            ctx = jax.nn.dot_product_attention(q.astype(dt), k.astype(dt), v.astype(dt), mask=mask_bias == 0,
+                                               scale=1.0)  # q is pre-scaled, as in the matmul form
+            ctx = ctx.astype(x.dtype).reshape(b, s, cfg.hidden_size)
+        else:
+            scores = einsum("bqhd,bkhd->bhqk", q, k, cdt) + mask_bias
+            probs = jax.nn.softmax(scores, axis=-1)
+            probs = Dropout(cfg.attention_dropout)(probs, deterministic)
+            ctx = einsum("bhqk,bkhd->bqhd", probs, v, cdt).reshape(b, s, cfg.hidden_size)
         return _project(self, ctx, cfg.hidden_size, "output", "attention_output", self.adapters,
                         self.active, cdt, init, deterministic)
 
@@ -81,6 +96,7 @@ class EncoderLayer(nn.Module):
     active: tuple[str, ...] = ()
     fusion: Optional[Any] = None
     compute_dtype: str = "float32"
+    attention: str = "matmul"
 
     @nn.compact
     def __call__(self, x, mask_bias, deterministic: bool = True):
@@ -88,7 +104,7 @@ class EncoderLayer(nn.Module):
         init = nn.initializers.normal(cfg.initializer_range)
         bottleneck = _with(self.adapters, lambda c: c.method != "lora")
 
-        h = SelfAttention(cfg, self.adapters, self.active, cdt, name="attention")(x, mask_bias, deterministic)
+        h = SelfAttention(cfg, self.adapters, self.active, cdt, self.attention, name="attention")(x, mask_bias, deterministic)
         h = Dropout(cfg.hidden_dropout)(h, deterministic)
         ln1 = LayerNorm(cfg.layer_norm_eps, name="attention_layer_norm")
         mh = _with(bottleneck, lambda c: c.mh_adapter)
@@ -140,6 +156,7 @@ class LayerStack(nn.Module):
     fusion: Optional[Any] = None
     compute_dtype: str = "float32"
     remat: bool = False
+    attention: str = "matmul"
 
     @nn.compact
     def __call__(self, x, mask_bias, deterministic: bool = True):
@@ -147,7 +164,7 @@ class LayerStack(nn.Module):
         outs = []
         for i in range(self.config.num_layers):
             x = layer_cls(self.config, self.adapters, self.active, self.fusion, self.compute_dtype,
-                          name=f"layer_{i}")(x, mask_bias, deterministic)
+                          self.attention, name=f"layer_{i}")(x, mask_bias, deterministic)
             outs.append(x)
         return tuple(outs)
 

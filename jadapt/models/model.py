@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jadapt.models.config import EncoderConfig
-from jadapt.models.encoder import AdapterSpecs, Embeddings, LayerStack, attention_bias
+from jadapt.models.encoder import ATTENTION_IMPLS, AdapterSpecs, Embeddings, LayerStack, attention_bias
 from jadapt.models.layers import Dense, Dropout
 
 POOLINGS = ("cls", "mean")
@@ -76,6 +76,12 @@ class AdapterModel(nn.Module):
     fusion: Optional[Any] = None
     compute_dtype: str = "float32"
     remat: bool = False
+    attention: str = "matmul"  # matmul | fused (jax.nn.dot_product_attention; see SelfAttention)
+
+    def __post_init__(self):
+        if self.attention not in ATTENTION_IMPLS:
+            raise ValueError(f"attention {self.attention!r} is not supported; expected one of {ATTENTION_IMPLS}")
+        super().__post_init__()
 
     @nn.compact
     def __call__(self, input_ids, attention_mask, token_type_ids=None, deterministic: bool = True,
@@ -84,7 +90,7 @@ class AdapterModel(nn.Module):
             token_type_ids = jnp.zeros_like(input_ids)
         x = Embeddings(self.config, name="embeddings")(input_ids, token_type_ids, deterministic)
         layers = LayerStack(self.config, self.adapters, self.active, self.fusion, self.compute_dtype,
-                            self.remat, name="encoder")(x, attention_bias(attention_mask), deterministic)
+                            self.remat, self.attention, name="encoder")(x, attention_bias(attention_mask), deterministic)
         hidden = (x,) + layers
         if self.head is None:
             return hidden

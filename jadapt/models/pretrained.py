@@ -44,6 +44,7 @@ def load_pretrained(
     compute_dtype: str = "float32",
     seed: int = 0,
     remat: bool = False,
+    attention: str = "matmul",
 ) -> tuple[AdapterModel, dict]:
     """Pretrained encoder + fresh adapters / head.
 
@@ -59,6 +60,7 @@ def load_pretrained(
         head=head,
         compute_dtype=compute_dtype,
         remat=remat,
+        attention=attention,
     )
     expected = param_shapes(model)
     loaded = convert_state_dict(read_state_dict(path), expected)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
+from jadapt.models.encoder import ATTENTION_IMPLS
 from jadapt.train.optim import METHODS
 
 # Learning rates chosen by measurement on the packaged MiniLM (experiments/results/defaults.md).
@@ -45,6 +46,7 @@ class TrainConfig:
     save_every: int = 0  # steps between resumable checkpoints; 0 = at every epoch end
     progress: bool = True
     remat: bool = False
+    attention: str = "matmul"  # matmul | fused (jax.nn.dot_product_attention: cuDNN on GPUs; no attention dropout)
     sharding: str = "dp"  # dp | fsdp | tp | fsdp+tp over all local devices (jadapt.sharding)
 
     def __post_init__(self):
@@ -67,6 +69,8 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.attention not in ATTENTION_IMPLS:
+            raise ValueError(f"attention {self.attention!r} is not supported; expected one of {ATTENTION_IMPLS}")
         if self.sharding not in SHARDINGS:
             raise ValueError(f"sharding {self.sharding!r} is not supported; expected one of {SHARDINGS}")
         if self.method == "fusion" and len(self.fusion_adapters) < 2:

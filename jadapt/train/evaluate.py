@@ -5,8 +5,10 @@ from typing import Optional
 
 
 def evaluate_checkpoint(checkpoint: str, *, task: Optional[str] = None, data_dir: Optional[str] = None,
-                        split: Optional[str] = None, batch_size: int = 64, max_length: int = 128) -> dict:
-    """Metrics of the checkpoint's model on ``task``'s ``split`` (default: its dev split)."""
+                        split: Optional[str] = None, batch_size: int = 64, max_length: int = 128,
+                        attention: str = "matmul") -> dict:
+    """Metrics of the checkpoint's model on ``task``'s ``split`` (default: its dev split).
+    ``attention``: ``matmul`` or ``fused`` (same numbers at inference; fused is for GPUs)."""
     from transformers import AutoTokenizer
 
     from jadapt import data
@@ -15,7 +17,7 @@ def evaluate_checkpoint(checkpoint: str, *, task: Optional[str] = None, data_dir
     from jadapt.train.loop import evaluate
     from jadapt.train.step import make_eval_step
 
-    model, params, meta = load_model(checkpoint)
+    model, params, meta = load_model(checkpoint, attention=attention)
     spec = data.get_task(task or meta["task"])
     head = model.head
     want = 1 if spec.regression else spec.num_labels

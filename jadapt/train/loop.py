@@ -71,7 +71,8 @@ def build_model(cfg: TrainConfig, task, model_dir: Path):
 
         return load_for_fusion(cfg, model_dir, head)
     model, params = load_pretrained(model_dir, adapters=adapters, head=head,
-                                    compute_dtype=cfg.compute_dtype, seed=cfg.seed, remat=cfg.remat)
+                                    compute_dtype=cfg.compute_dtype, seed=cfg.seed, remat=cfg.remat,
+                                    attention=cfg.attention)
     if cfg.init_adapter:
         params = _overlay_adapter(params, cfg.init_adapter, cfg.name, dict(adapters).get(cfg.name))
     return model, params, [cfg.name] if adapters else []
