@@ -47,6 +47,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save-every", type=int, default=0, help="steps between resumable checkpoints (0: per epoch)")
     p.add_argument("--sharding", default="dp", choices=("dp", "fsdp", "tp", "fsdp+tp"),
                    help="how params are laid over the devices (batch is always data-parallel)")
+    p.add_argument("--remat", action="store_true",
+                   help="recompute each layer's activations in the backward pass (less memory, more compute)")
     p.add_argument("--no-progress", action="store_true")
     _add_common(p)
 
@@ -69,6 +71,7 @@ def run_train(args) -> dict:
         compute_dtype=args.compute_dtype, pooling=args.pooling, init_adapter=args.init_adapter,
         fusion_adapters=tuple(args.fusion_adapters), save_every=args.save_every,
         progress=not args.no_progress, sharding=args.sharding, attention=args.attention,
+        remat=args.remat,
     )
     result = fit(cfg)
     main = _main_metric(result)

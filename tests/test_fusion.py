@@ -283,7 +283,8 @@ def test_load_for_fusion_from_adapter_checkpoints(tiny_model_dir, tmp_path):
         saved[name] = adapter_params(params, name)
         dirs.append(save_adapter(tmp_path / name, jax.device_get(own),
                                  {"adapters": [[name, cfg_a.to_dict()]], "active": [name]}))
-    run = SimpleNamespace(fusion_adapters=tuple(map(str, dirs)), compute_dtype="float32", seed=0, remat=False)
+    run = SimpleNamespace(fusion_adapters=tuple(map(str, dirs)), compute_dtype="float32", seed=0, remat=False,
+                          attention="matmul")
     model, params, train_names = load_for_fusion(run, tiny_model_dir, HeadConfig(num_labels=3))
     assert model.active == ("sst2", "rte") and model.fusion is not None and train_names == []
     for name in ("sst2", "rte"):
