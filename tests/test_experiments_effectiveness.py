@@ -1,7 +1,8 @@
 """Adapter-effectiveness study scripts (forgetting, low-resource, lr robustness, overfitting,
 cross-lingual): helper properties, then each --quick mode end to end on a tiny random BERT
 with synthetic tasks (results files, resume from the JSONL, the properties each study's
-numbers must have)."""
+numbers must have). The --quick runs are the CI smoke test of each study (~2 min in all on 2
+cores), so they are not marked slow."""
 from __future__ import annotations
 
 import json
@@ -169,7 +170,6 @@ def test_dry_run_counts_the_grid_and_trains_nothing(tiny_model_dir, tasks_dir, t
 
 
 # ---------------------------------------------------------------- --quick end to end (slow)
-@pytest.mark.slow
 def test_low_resource_quick_end_to_end_and_resume(tiny_model_dir, tasks_dir, tmp_path):
     argv = common_args(tiny_model_dir, tasks_dir, tmp_path) + [
         "--tasks", "rte,stsb", "--sizes", "48,full", "--seeds", "0,1", "--methods", "adapter4,full"]
@@ -189,7 +189,6 @@ def test_low_resource_quick_end_to_end_and_resume(tiny_model_dir, tasks_dir, tmp
     assert len(jsonl(log)) == len(recs) and again["stats"] == out["stats"]
 
 
-@pytest.mark.slow
 def test_lr_robustness_quick_spread(tiny_model_dir, tasks_dir, tmp_path):
     argv = common_args(tiny_model_dir, tasks_dir, tmp_path) + [
         "--tasks", "rte", "--lrs", "1e-5,3e-2", "--methods", "adapter4,full", "--train-size", "64", "--epochs", "2"]
@@ -205,7 +204,6 @@ def test_lr_robustness_quick_spread(tiny_model_dir, tasks_dir, tmp_path):
     assert set(out["scores"]) == {("rte", "adapter4"), ("rte", "full")}
 
 
-@pytest.mark.slow
 def test_overfitting_quick_histories(tiny_model_dir, tasks_dir, tmp_path):
     argv = common_args(tiny_model_dir, tasks_dir, tmp_path) + [
         "--tasks", "rte,mrpc", "--methods", "adapter4,full", "--train-size", "0", "--epochs", "3"]
@@ -221,7 +219,6 @@ def test_overfitting_quick_histories(tiny_model_dir, tasks_dir, tmp_path):
     assert (tmp_path / "overfitting_quick.png").is_file()
 
 
-@pytest.mark.slow
 def test_forgetting_quick_rsa_properties(tiny_model_dir, tasks_dir, tmp_path):
     # a large full-FT rate so that full fine-tuning visibly moves every layer
     argv = common_args(tiny_model_dir, tasks_dir, tmp_path) + [
@@ -243,7 +240,6 @@ def test_forgetting_quick_rsa_properties(tiny_model_dir, tasks_dir, tmp_path):
     assert out["png"] is not None and out["png"].is_file()
 
 
-@pytest.mark.slow
 def test_cross_lingual_quick_pipeline(tiny_model_dir, tasks_dir, tmp_path):
     argv = common_args(tiny_model_dir, tasks_dir, tmp_path) + [
         "--langs", "en,de", "--methods", "adapter4,full", "--train-size", "64", "--epochs", "2"]
