@@ -32,8 +32,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from experiments import common
-from experiments.low_resource import (Cost, Method, Study, Tuner, add_common_args, cost_line, finish_args,
-                                      make_tuner, new_figure, parse_list, parse_methods, settings_of, start,
+from experiments.low_resource import (Cost, Method, Study, Tuner, add_common_args, cost_line, finish_args, make_tuner,
+                                      new_figure, parse_list, parse_methods, settings_of, save_figure, start,
                                       write_report)
 
 SOURCES = "mnli:validation_mismatched,snli:train"
@@ -55,15 +55,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
     p = add_common_args(argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                                 formatter_class=argparse.RawDescriptionHelpFormatter),
-                        name="cross_lingual")
+                        name="cross_lingual", full=FULL)
     p.add_argument("--langs", default=None, help=f"XNLI languages (default all: {','.join(XNLI_LANGS)})")
     p.add_argument("--train-sources", default=SOURCES, help=f"task:split list of English NLI data (default {SOURCES})")
     p.add_argument("--eval-en", default="mnli:validation_matched",
                    help="task:split of the in-distribution English check ('' = none)")
-    p.add_argument("--seeds", default=None, help=f"(default {FULL['seeds']})")
-    p.add_argument("--methods", default=None, help=f"adapter<bottleneck> and/or full (default {FULL['methods']})")
     p.add_argument("--train-size", type=int, default=None, help="seeded subset of the training rows (default all)")
-    p.add_argument("--epochs", type=float, default=None, help=f"(default {FULL['epochs']})")
     args = finish_args(p.parse_args(argv), "cross_lingual", QUICK, FULL)
     args.langs = args.langs or ",".join(XNLI_LANGS)
     return args
@@ -165,9 +162,7 @@ def plot(means: dict, columns: Sequence[str], path: Path) -> Optional[Path]:
     ax.set_title("zero-shot XNLI after English NLI tuning")
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(loc="upper right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(str(path), format="png")
-    return path
+    return save_figure(fig, path)
 
 
 def run(args: argparse.Namespace, command: str) -> dict:

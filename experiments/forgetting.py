@@ -36,8 +36,8 @@ import numpy as np
 
 from experiments import common
 from experiments.low_resource import (Cost, Method, Study, Tuner, add_common_args, cost_line, finish_args,
-                                      main_metric, make_tuner, parse_list, parse_methods, settings_of, start,
-                                      write_report)
+                                      main_metric, make_tuner, parse_list, parse_methods, settings_of, save_figure,
+                                      start, write_report)
 
 QUICK = dict(tasks="sst2:256", seeds="0", methods="adapter64,full", epochs=1.0, max_length=64, dev_limit=128,
              probe_size=64, sts_size=128)
@@ -48,11 +48,8 @@ FULL = dict(tasks="sst2:2000,mrpc,rte", seeds="0", methods="adapter64,full", epo
 def parse_args(argv=None) -> argparse.Namespace:
     p = add_common_args(argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                                 formatter_class=argparse.RawDescriptionHelpFormatter),
-                        name="forgetting")
+                        name="forgetting", full=FULL)
     p.add_argument("--tasks", default=None, help=f"task or task:train_rows, comma list (default {FULL['tasks']})")
-    p.add_argument("--seeds", default=None, help=f"(default {FULL['seeds']})")
-    p.add_argument("--methods", default=None, help=f"adapter<bottleneck> and/or full (default {FULL['methods']})")
-    p.add_argument("--epochs", type=float, default=None, help=f"(default {FULL['epochs']})")
     p.add_argument("--probe-task", default="mnli", help="held-out sentences for RSA/CKA (default mnli)")
     p.add_argument("--probe-split", default="dev", help="its split ('dev' = the task's dev split)")
     p.add_argument("--probe-size", type=int, default=None, help=f"sentences (default {FULL['probe_size']})")
@@ -191,9 +188,7 @@ def plot(summary: dict, base: dict, path: Path) -> Optional[Path]:
         ax.grid(True, alpha=0.3)
     axes[0].set_ylabel("similarity")
     axes[2].legend(loc="lower right", fontsize=7)
-    fig.tight_layout()
-    fig.savefig(str(path), format="png")
-    return path
+    return save_figure(fig, path)
 
 
 # ---------------------------------------------------------------- study

@@ -364,8 +364,12 @@ CPU_COST: dict = {
 }
 
 
-def add_common_args(p: argparse.ArgumentParser, *, name: str) -> argparse.ArgumentParser:
+def add_common_args(p: argparse.ArgumentParser, *, name: str, full: dict) -> argparse.ArgumentParser:
+    """The options every study shares; ``full``: the study's full-mode defaults (for the help)."""
     p.add_argument("--quick", action="store_true", help="a minutes-long version (smoke test / timing)")
+    p.add_argument("--seeds", default=None, help=f"(default {full['seeds']})")
+    p.add_argument("--methods", default=None, help=f"adapter<bottleneck> and/or full (default {full['methods']})")
+    p.add_argument("--epochs", type=float, default=None, help=f"(default {full['epochs']})")
     p.add_argument("--model", default=None, help="HF model dir or hub id (default: packaged all-MiniLM-L6-v2)")
     p.add_argument("--data-dir", default=None, help="task data root (default: $JADAPT_DATA_DIR, else ../shared/data)")
     p.add_argument("--out", default=str(RESULTS), help="results directory (report, PNG, JSONL of finished runs)")
@@ -442,6 +446,13 @@ def new_figure(n_panels: int, *, width: float = 4.2, height: float = 3.4):
     return fig, axes
 
 
+def save_figure(fig, path: Path) -> Path:
+    """Lay out and write ``fig`` as PNG at ``path``."""
+    fig.tight_layout()
+    fig.savefig(str(path), format="png")
+    return path
+
+
 def main_metric(task) -> str:
     from jadapt import data
 
@@ -458,13 +469,10 @@ FULL = dict(tasks="rte,mrpc,stsb,sst2", sizes="1000,2000,4000,full", seeds="0,1,
 def parse_args(argv=None) -> argparse.Namespace:
     p = add_common_args(argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                                 formatter_class=argparse.RawDescriptionHelpFormatter),
-                        name="low_resource")
+                        name="low_resource", full=FULL)
     p.add_argument("--tasks", default=None, help=f"comma list (default {FULL['tasks']})")
     p.add_argument("--sizes", default=None, help=f"train subset sizes, 'full' = whole split (default {FULL['sizes']})")
     p.add_argument("--full-max", type=int, default=6000, help="'full' only for tasks with at most this many train rows")
-    p.add_argument("--seeds", default=None, help=f"(default {FULL['seeds']})")
-    p.add_argument("--methods", default=None, help=f"adapter<bottleneck> and/or full (default {FULL['methods']})")
-    p.add_argument("--epochs", type=float, default=None, help=f"(default {FULL['epochs']})")
     return finish_args(p.parse_args(argv), "low_resource", QUICK, FULL)
 
 
@@ -532,9 +540,7 @@ def plot(stats: dict, tasks: Sequence[str], methods: Sequence[Method], path: Pat
         ax.set_title(task)
         ax.grid(True, alpha=0.3)
     axes[0].legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(str(path), format="png")
-    return path
+    return save_figure(fig, path)
 
 
 def run(args: argparse.Namespace, command: str) -> dict:

@@ -28,8 +28,8 @@ import numpy as np
 
 from experiments import common
 from experiments.low_resource import (Cost, Method, Study, add_common_args, cost_line, finish_args, main_metric,
-                                      make_tuner, new_figure, parse_list, parse_methods, settings_of, start,
-                                      write_report)
+                                      make_tuner, new_figure, parse_list, parse_methods, settings_of, save_figure,
+                                      start, write_report)
 
 LRS = "1e-5,3e-5,1e-4,3e-4,1e-3,3e-3"
 QUICK = dict(tasks="rte", lrs="1e-4,1e-3", seeds="0", methods="adapter64,full", train_size=256, epochs=1.0,
@@ -41,14 +41,11 @@ FULL = dict(tasks="rte,mrpc,stsb,sst2", lrs=LRS, seeds="0", methods="adapter64,f
 def parse_args(argv=None) -> argparse.Namespace:
     p = add_common_args(argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                                 formatter_class=argparse.RawDescriptionHelpFormatter),
-                        name="lr_robustness")
+                        name="lr_robustness", full=FULL)
     p.add_argument("--tasks", default=None, help=f"comma list (default {FULL['tasks']})")
     p.add_argument("--lrs", default=None, help=f"learning rates (default {LRS})")
-    p.add_argument("--seeds", default=None, help=f"(default {FULL['seeds']})")
-    p.add_argument("--methods", default=None, help=f"adapter<bottleneck> and/or full (default {FULL['methods']})")
     p.add_argument("--train-size", type=int, default=None,
                    help=f"seeded train subset per task, 0 = whole split (default {FULL['train_size']})")
-    p.add_argument("--epochs", type=float, default=None, help=f"(default {FULL['epochs']})")
     return finish_args(p.parse_args(argv), "lr_robustness", QUICK, FULL)
 
 
@@ -101,9 +98,7 @@ def plot_box(scores: dict, tasks: Sequence[str], methods: Sequence[Method], path
         ax.set_title(task)
         ax.set_ylabel(f"dev {main_metric(task)} (x100) over the lr grid")
         ax.grid(True, axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(str(path), format="png")
-    return path
+    return save_figure(fig, path)
 
 
 def plot_curves(scores: dict, tasks: Sequence[str], methods: Sequence[Method], path: Path) -> Optional[Path]:
@@ -126,9 +121,7 @@ def plot_curves(scores: dict, tasks: Sequence[str], methods: Sequence[Method], p
         ax.set_title(task)
         ax.grid(True, alpha=0.3)
     axes[0].legend(loc="lower left")
-    fig.tight_layout()
-    fig.savefig(str(path), format="png")
-    return path
+    return save_figure(fig, path)
 
 
 def run(args: argparse.Namespace, command: str) -> dict:

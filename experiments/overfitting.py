@@ -29,7 +29,7 @@ import numpy as np
 
 from experiments import common
 from experiments.low_resource import (Cost, Method, Study, add_common_args, cost_line, finish_args, main_metric,
-                                      make_tuner, parse_list, parse_methods, settings_of, start,
+                                      make_tuner, parse_list, parse_methods, settings_of, save_figure, start,
                                       write_report)
 
 QUICK = dict(tasks="rte", seeds="0", methods="adapter64,full", train_size=256, epochs=3.0, max_length=64,
@@ -41,13 +41,10 @@ FULL = dict(tasks="rte,mrpc,cola", seeds="0", methods="adapter64,full", train_si
 def parse_args(argv=None) -> argparse.Namespace:
     p = add_common_args(argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                                 formatter_class=argparse.RawDescriptionHelpFormatter),
-                        name="overfitting")
+                        name="overfitting", full=FULL)
     p.add_argument("--tasks", default=None, help=f"comma list (default {FULL['tasks']})")
-    p.add_argument("--seeds", default=None, help=f"(default {FULL['seeds']})")
-    p.add_argument("--methods", default=None, help=f"adapter<bottleneck> and/or full (default {FULL['methods']})")
     p.add_argument("--train-size", type=int, default=None,
                    help=f"seeded train subset per task, 0 = whole split (default {FULL['train_size']})")
-    p.add_argument("--epochs", type=float, default=None, help=f"(default {FULL['epochs']})")
     return finish_args(p.parse_args(argv), "overfitting", QUICK, FULL)
 
 
@@ -119,9 +116,7 @@ def plot(runs: dict, tasks: Sequence[str], methods: Sequence[Method], path: Path
             ax.grid(True, alpha=0.3)
         if j == 0:
             top.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(str(path), format="png")
-    return path
+    return save_figure(fig, path)
 
 
 def run(args: argparse.Namespace, command: str) -> dict:
