@@ -185,7 +185,7 @@ def run(args: argparse.Namespace, command: str) -> dict:
     grid = [(m, seed) for m in methods for seed in seeds]
     specs = [dict(study="cross_lingual", method=m.name, kind=m.kind, bottleneck=m.bottleneck, lr=m.lr, seed=seed,
                   **settings) for m, seed in grid]
-    study = Study(out / f"{args.name}.jsonl", specs)
+    study = Study(out / f"{args.name}.jsonl", specs, report_only=args.report_only)
     if args.dry_run:
         cost = Cost(tuner)
         for m, seed in study.todo(grid, specs):
@@ -208,6 +208,7 @@ def run(args: argparse.Namespace, command: str) -> dict:
         records.append(study.once(spec, one, what=f"{m.name} seed {seed}",
                                   show=lambda r: ", ".join(f"{c} {a:.3f}" for c, a in r["accuracy"].items())
                                                  + f" in {r['wall_s']:.0f} s"))
+    records = [r for r in records if r is not None]  # --report-only: what the log has
     table, means = summarize(records, methods, columns, unk)
     png = plot(means, columns, out / f"{args.name}.png")
     from jadapt.models.hf import packaged_model_path

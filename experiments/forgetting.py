@@ -206,7 +206,7 @@ def run(args: argparse.Namespace, command: str) -> dict:
     specs = [dict(study="forgetting", what="base", **settings)]
     specs += [dict(study="forgetting", task=t, train_size=n, method=m.name, kind=m.kind, bottleneck=m.bottleneck,
                    lr=m.lr, seed=seed, **settings) for t, n, m, seed in grid]
-    study = Study(out / f"{args.name}.jsonl", specs)
+    study = Study(out / f"{args.name}.jsonl", specs, report_only=args.report_only)
     if args.dry_run:  # comparison forwards: probes + both STS sides, through the tuned and the original model
         probe_enc = {"input_ids": np.zeros((len(probes), tuner.max_length), np.int32),
                      "lengths": np.full(len(probes), tuner.max_length // 2, np.int32)}
@@ -238,6 +238,9 @@ def run(args: argparse.Namespace, command: str) -> dict:
                                   show=lambda r: f"dev {r['metrics'][main_metric(r['task'])]:.4f}, RSA mean "
                                                  f"{np.mean(r['rsa'][1:]):.3f}, STS-B {r['sts'][-1]:.4f} "
                                                  f"in {r['wall_s']:.0f} s"))
+    records = [r for r in records if r is not None]  # --report-only: what the log has
+    if base is None:
+        raise SystemExit("--report-only: the original encoder's run is not in the log yet")
     summary = summarize(records, base, [t for t, _ in tasks], methods)
     png = plot(summary, base, out / f"{args.name}.png")
     dev_what = f"first {args.dev_limit} rows of the dev split" if args.dev_limit else "full dev split"

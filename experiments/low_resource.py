@@ -235,7 +235,8 @@ class Study:
     >>> rec = study.once(spec, lambda: {...result...}, what="rte n=1000 adapter64 seed 0")
     """
 
-    def __init__(self, path: str | os.PathLike, specs: Sequence[dict]):
+    def __init__(self, path: str | os.PathLike, specs: Sequence[dict], *, report_only: bool = False):
+        self.report_only = report_only  # then ``once`` runs nothing: None for a run not in the log
         self.log = common.RunLog(path)
         self.by_key = {r["key"]: r for r in self.log}
         keys = [common.run_key(s) for s in specs]
@@ -249,12 +250,16 @@ class Study:
         """The grid items whose spec is not in the log yet."""
         return [g for g, s in zip(grid, specs) if not self.is_done(s)]
 
-    def once(self, spec: dict, fn, *, what: str, show=None) -> dict:
-        """The record of ``spec``: from the log, else ``fn()`` (a dict) run now and logged."""
+    def once(self, spec: dict, fn, *, what: str, show=None) -> Optional[dict]:
+        """The record of ``spec``: from the log, else ``fn()`` (a dict) run now and logged
+        (with ``report_only``: None)."""
         key = common.run_key(spec)
         if key in self.by_key:
             print(f"[skip] {what}: done earlier", flush=True)
             return self.by_key[key]
+        if self.report_only:
+            print(f"[missing] {what}: not in the log, left out of the report", flush=True)
+            return None
         rec = {"key": key, "spec": spec, **fn()}
         self.log.append(rec)
         self.by_key[key] = rec
@@ -385,6 +390,8 @@ def add_common_args(p: argparse.ArgumentParser, *, name: str, full: dict) -> arg
     p.add_argument("--compile-cache", default="runs/jax_cache", help="XLA persistent compilation cache dir ('' = off)")
     p.add_argument("--dry-run", action="store_true",
                    help="count the work still to do (runs, steps by width) and estimate CPU time; train nothing")
+    p.add_argument("--report-only", action="store_true",
+                   help="write the report from the runs already in the JSONL (cells show their n); train nothing")
     return p
 
 
@@ -554,7 +561,7 @@ def run(args: argparse.Namespace, command: str) -> dict:
             for m in methods for seed in seeds]
     specs = [dict(study="low_resource", task=t, size=s, method=m.name, kind=m.kind, bottleneck=m.bottleneck,
                   lr=m.lr, seed=seed, **settings) for t, s, m, seed in grid]
-    study = Study(out / f"{args.name}.jsonl", specs)
+    study = Study(out / f"{args.name}.jsonl", specs, report_only=args.report_only)
     if args.dry_run:
         cost = Cost(tuner)
         for task, size, m, seed in study.todo(grid, specs):
@@ -575,6 +582,7 @@ def run(args: argparse.Namespace, command: str) -> dict:
         records.append(study.once(spec, one, what=f"{task} n={size} {m.name} seed {seed}",
                                   show=lambda r: f"{main_metric(r['task'])} {r['metrics'][main_metric(r['task'])]:.4f}"
                                                  f" in {r['wall_s']:.0f} s"))
+    records = [r for r in records if r is not None]  # --report-only: what the log has
     table, stats = summarize(records, tasks, methods)
     png = plot(stats, tasks, methods, out / f"{args.name}.png")
     params = common.markdown_table(

@@ -136,7 +136,7 @@ def run(args: argparse.Namespace, command: str) -> dict:
     grid = [(task, m, lr, seed) for task in tasks for m in methods for lr in lrs for seed in seeds]
     specs = [dict(study="lr_robustness", task=t, method=m.name, kind=m.kind, bottleneck=m.bottleneck, lr=lr,
                   seed=seed, **settings) for t, m, lr, seed in grid]
-    study = Study(out / f"{args.name}.jsonl", specs)
+    study = Study(out / f"{args.name}.jsonl", specs, report_only=args.report_only)
     if args.dry_run:
         cost = Cost(tuner)
         for task, m, lr, seed in study.todo(grid, specs):
@@ -155,6 +155,7 @@ def run(args: argparse.Namespace, command: str) -> dict:
         records.append(study.once(spec, one, what=f"{task} {m.name} lr {lr:g} seed {seed}",
                                   show=lambda r: f"{main_metric(r['task'])} {r['metrics'][main_metric(r['task'])]:.4f}"
                                                  f" in {r['wall_s']:.0f} s"))
+    records = [r for r in records if r is not None]  # --report-only: what the log has
     table, stable, scores = summarize(records, tasks, methods, lrs)
     box = plot_box(scores, tasks, methods, out / f"{args.name}.png")
     curves = plot_curves(scores, tasks, methods, out / f"{args.name}_curves.png")

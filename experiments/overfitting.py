@@ -130,7 +130,7 @@ def run(args: argparse.Namespace, command: str) -> dict:
     grid = [(task, m, seed) for task in tasks for m in methods for seed in seeds]
     specs = [dict(study="overfitting", task=t, method=m.name, kind=m.kind, bottleneck=m.bottleneck, lr=m.lr,
                   seed=seed, **settings) for t, m, seed in grid]
-    study = Study(out / f"{args.name}.jsonl", specs)
+    study = Study(out / f"{args.name}.jsonl", specs, report_only=args.report_only)
     if args.dry_run:
         cost = Cost(tuner)
         for task, m, seed in study.todo(grid, specs):
@@ -152,6 +152,7 @@ def run(args: argparse.Namespace, command: str) -> dict:
             return (f"best {s['best']:.4f} at epoch {s['best_epoch']}, last {s['last']:.4f} "
                     f"in {r['wall_s']:.0f} s")
         records.append(study.once(spec, one, what=f"{task} {m.name} seed {seed}", show=show))
+    records = [r for r in records if r is not None]  # --report-only: what the log has
     table, runs = summarize(records, tasks, methods)
     png = plot(runs, tasks, methods, out / f"{args.name}.png")
     dev_what = f"first {args.dev_limit} rows of the dev split" if args.dev_limit else "full dev split"

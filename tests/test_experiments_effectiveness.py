@@ -187,6 +187,10 @@ def test_low_resource_quick_end_to_end_and_resume(tiny_model_dir, tasks_dir, tmp
     assert (tmp_path / "low_resource_quick.png").stat().st_size > 1000
     again = low_resource.main(argv)  # resumed: nothing reruns, same summary
     assert len(jsonl(log)) == len(recs) and again["stats"] == out["stats"]
+    # --report-only with a wider grid: trains nothing, reports what the log has
+    wider = [x if x != "0,1" else "0,1,2" for x in argv] + ["--report-only"]
+    partial = low_resource.main(wider)
+    assert len(jsonl(log)) == len(recs) and partial["stats"] == out["stats"]
 
 
 def test_lr_robustness_quick_spread(tiny_model_dir, tasks_dir, tmp_path):
