@@ -49,11 +49,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     return finish_args(p.parse_args(argv), "lr_robustness", QUICK, FULL)
 
 
-def spread(values: Sequence[float]) -> dict:
-    """Spread of one method's scores over the grid: sample std, range, mean, max, min."""
+NEAR_BEST = 0.02  # "a good rate": within 2 points (x100) of the method's best on the grid
+
+
+def spread(values: Sequence[float], near: float = NEAR_BEST) -> dict:
+    """Spread of one method's scores over the grid: sample std, range, mean, max, min, and how
+    many rates score within ``near`` of the best (a grid-independent view: how wide the good
+    region is, where std / range also count rates at which a method cannot learn at all)."""
     v = np.asarray(values, dtype=np.float64)
     return {"std": float(v.std(ddof=1)) if len(v) > 1 else 0.0, "range": float(v.max() - v.min()),
-            "mean": float(v.mean()), "max": float(v.max()), "min": float(v.min())}
+            "mean": float(v.mean()), "max": float(v.max()), "min": float(v.min()),
+            "near_best": int((v >= v.max() - near - 1e-12).sum())}
 
 
 def summarize(records: Sequence[dict], tasks: Sequence[str], methods: Sequence[Method],
@@ -75,10 +81,10 @@ def summarize(records: Sequence[dict], tasks: Sequence[str], methods: Sequence[M
             best = max(means, key=means.get)
             srows.append([task, main_metric(task), m.name, f"{100 * s['mean']:.1f}", f"{100 * s['std']:.1f}",
                           f"{100 * s['range']:.1f}", f"{100 * s['min']:.1f}", f"{100 * s['max']:.1f}", f"{best:g}",
-                          len(means)])
+                          f"{s['near_best']} / {len(means)}"])
     table = common.markdown_table(["task", "method", *[f"lr {lr:g}" for lr in lrs]], rows)
     stable = common.markdown_table(["task", "metric", "method", "mean", "std", "range", "min", "max", "best lr",
-                                    "rates"], srows, align="lll" + "r" * 7)
+                                    f"rates within {100 * NEAR_BEST:g} of best"], srows, align="lll" + "r" * 7)
     return table, stable, scores
 
 

@@ -58,6 +58,7 @@ def test_overfitting_drop_and_lr_spread():
     sp = lr_robustness.spread([0.5, 0.9, 0.7])
     assert sp["range"] == pytest.approx(0.4) and sp["std"] == pytest.approx(0.2) and sp["mean"] == pytest.approx(0.7)
     assert lr_robustness.spread([0.6])["std"] == 0.0
+    assert sp["near_best"] == 1 and lr_robustness.spread([0.80, 0.79, 0.5, 0.785])["near_best"] == 3
 
 
 def test_cost_counts_steps_by_width_and_prices_them():
