@@ -39,6 +39,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from flops import BERT_BASE, MINILM, Shape, step_flops  # noqa: E402
+from jadapt.models.config import ATTENTION_IMPLS  # noqa: E402
 
 METHODS = ("houlsby", "pfeiffer", "lora", "full")
 DTYPES = ("float32", "bfloat16")
@@ -362,7 +363,7 @@ def main() -> None:
     p.add_argument("--model-path", default=None, help=argparse.SUPPRESS)
     p.add_argument("--method", default=None, help=argparse.SUPPRESS)  # worker: one row
     p.add_argument("--dtype", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--attention", default="matmul", choices=("matmul", "fused"), help="jadapt's attention kernel")
+    p.add_argument("--attention", default="matmul", choices=ATTENTION_IMPLS, help="jadapt's attention kernel")
     args = p.parse_args()
     if args.worker == "jadapt":
         return jadapt_worker(args)

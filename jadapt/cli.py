@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from jadapt import runtime
+from jadapt.models.config import ATTENTION_IMPLS
 
 METHODS = ("houlsby", "pfeiffer", "parallel", "lora", "full", "fusion", "head")
 
@@ -89,7 +90,7 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_attention(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--attention", default="matmul", choices=("matmul", "fused"),
+    p.add_argument("--attention", default="matmul", choices=ATTENTION_IMPLS,
                    help="attention kernel: matmul (fastest on CPU) or fused (jax.nn.dot_product_attention, "
                         "cuDNN flash attention on GPUs; skips attention-probability dropout in training)")
 

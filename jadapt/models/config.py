@@ -12,6 +12,7 @@ from typing import Any
 
 SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert")
 SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu", "swish", "tanh")
+ATTENTION_IMPLS = ("matmul", "fused")  # attention kernels of ``SelfAttention`` (a runtime choice)
 
 
 @dataclasses.dataclass(frozen=True)

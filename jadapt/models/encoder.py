@@ -27,8 +27,6 @@ from jadapt.adapters.lora import LoraBank
 from jadapt.models.config import EncoderConfig
 from jadapt.models.layers import DTYPES, Dense, Dropout, LayerNorm, activation, einsum
 
-ATTENTION_IMPLS = ("matmul", "fused")
-
 AdapterSpecs = tuple[tuple[str, AdapterConfig], ...]
 
 
@@ -104,7 +102,8 @@ class EncoderLayer(nn.Module):
         init = nn.initializers.normal(cfg.initializer_range)
         bottleneck = _with(self.adapters, lambda c: c.method != "lora")
 
-        h = SelfAttention(cfg, self.adapters, self.active, cdt, self.attention, name="attention")(x, mask_bias, deterministic)
+        h = SelfAttention(cfg, self.adapters, self.active, cdt, self.attention, name="attention")(
+            x, mask_bias, deterministic)
         h = Dropout(cfg.hidden_dropout)(h, deterministic)
         ln1 = LayerNorm(cfg.layer_norm_eps, name="attention_layer_norm")
         mh = _with(bottleneck, lambda c: c.mh_adapter)

@@ -12,8 +12,8 @@ from typing import Any, Optional
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jadapt.models.config import EncoderConfig
-from jadapt.models.encoder import ATTENTION_IMPLS, AdapterSpecs, Embeddings, LayerStack, attention_bias
+from jadapt.models.config import ATTENTION_IMPLS, EncoderConfig
+from jadapt.models.encoder import AdapterSpecs, Embeddings, LayerStack, attention_bias
 from jadapt.models.layers import Dense, Dropout
 
 POOLINGS = ("cls", "mean")
@@ -89,8 +89,8 @@ class AdapterModel(nn.Module):
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
         x = Embeddings(self.config, name="embeddings")(input_ids, token_type_ids, deterministic)
-        layers = LayerStack(self.config, self.adapters, self.active, self.fusion, self.compute_dtype,
-                            self.remat, self.attention, name="encoder")(x, attention_bias(attention_mask), deterministic)
+        layers = LayerStack(self.config, self.adapters, self.active, self.fusion, self.compute_dtype, self.remat,
+                            self.attention, name="encoder")(x, attention_bias(attention_mask), deterministic)
         hidden = (x,) + layers
         if self.head is None:
             return hidden

@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
-from jadapt.models.encoder import ATTENTION_IMPLS
+from jadapt.models.config import ATTENTION_IMPLS
 from jadapt.train.optim import METHODS
 
 # Learning rates chosen by measurement on the packaged MiniLM (experiments/results/defaults.md).
