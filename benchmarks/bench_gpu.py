@@ -177,10 +177,10 @@ def main() -> None:
             row = {"model": model, "batch": batch, "method": method, "error": f"{type(e).__name__}: {e}"[-2000:]}
         row["row_wall_s"] = time.perf_counter() - t
         res["rows"].append(row)
-        msg = row.get("error") or (", ".join(f"{k} {v['train_ms']:.2f} ms" for k, v in row.items()
-                                             if k.startswith("jadapt")) +
-                                   (f", peer {row['peer']['train_ms']:.2f} ms, ratio "
-                                    f"{row['jadapt']['train_ms'] / row['peer']['train_ms']:.2f}" if "peer" in row else ""))
+        peer_ms = row["peer"]["train_ms"] if "peer" in row else None
+        msg = row.get("error") or ", ".join(
+            f"{k} {v['train_ms']:.2f} ms" + (f" ({v['train_ms'] / peer_ms:.2f}x peer)" if peer_ms else "")
+            for k, v in row.items() if k.startswith("jadapt")) + (f", peer {peer_ms:.2f} ms" if peer_ms else "")
         print(f"[{time.perf_counter() - t0:5.0f}s] {model} {batch}x{args.seq} {method}: {msg}", flush=True)
         save()
 
