@@ -8,7 +8,8 @@ written after every row so a cut-off run still reports what it measured):
 2. train step (forward + loss + backward + clip + AdamW, dropout on) and eval forward of
    jadapt (bench_step.py's worker: the code ``jadapt train`` runs) and of the peers
    (peers/peer_step.py: ``adapters`` Pfeiffer / Houlsby, ``peft`` LoRA, plain ``transformers``
-   full fine-tuning, bf16 autocast on CUDA), random models of the MiniLM (6 x 384) and
+   full fine-tuning, bf16 autocast on CUDA), one jadapt worker per ``--variants`` entry
+   (precision policy x attention kernel), random models of the MiniLM (6 x 384) and
    BERT-base (12 x 768) shapes, length 128; both processes of a row alive at once, repetitions
    interleaved; medians; tokens/s and MFU by formula FLOPs (benchmarks/flops.py);
 3. permutation alignment of K = 8 adapters x 24 sites (bench_align.py) on the GPU.
@@ -56,20 +57,33 @@ def matmul_rate(n: int, reps: int = 10) -> float:
     return 2.0 * n**3 / median_seconds(f, x, x, reps=reps) / 1e12
 
 
+def parse_variants(text: str) -> list[tuple[str, str]]:
+    """``"bfloat16@fused,bfloat16:float32@matmul"`` -> [(compute dtype, attention), ...]."""
+    from jadapt.models.config import ATTENTION_IMPLS, COMPUTE_DTYPES
+
+    out = []
+    for item in (x for x in text.split(",") if x):
+        dtype, _, attention = item.partition("@")
+        if dtype not in COMPUTE_DTYPES or attention not in ATTENTION_IMPLS:
+            raise SystemExit(f"--variants: {item!r} is not <compute dtype>@<attention> with a dtype in "
+                             f"{COMPUTE_DTYPES} and an attention in {ATTENTION_IMPLS}")
+        out.append((dtype, attention))
+    return out
+
+
 def run_row(model, batch, method, args, device):
-    common = ["--model", model, "--method", method, "--dtype", "bfloat16", "--batch", str(batch),
+    common = ["--model", model, "--method", method, "--batch", str(batch),
               "--seq", str(args.seq), "--bottleneck", "64", "--warmup", str(args.warmup), "--model-path", "random"]
     jenv = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")  # the peer shares the card
     penv = dict(os.environ)
     if args.peer_pythonpath:
         penv["PYTHONPATH"] = os.pathsep.join(x for x in (args.peer_pythonpath, penv.get("PYTHONPATH", "")) if x)
-    # one jadapt worker per attention kernel ("jadapt" = matmul, "jadapt-fused" = ...), all interleaved
-    specs = {("jadapt" if a == "matmul" else f"jadapt-{a}"):
-             ([sys.executable, str(HERE / "bench_step.py"), "--worker", "jadapt", *common, "--attention", a], jenv)
-             for a in args.attention.split(",")}
+    # one jadapt worker per precision policy x attention kernel, all alive and interleaved
+    specs = {f"jadapt {d}@{a}": ([sys.executable, str(HERE / "bench_step.py"), "--worker", "jadapt", *common,
+                                 "--dtype", d, "--attention", a], jenv) for d, a in parse_variants(args.variants)}
     if not args.no_peers:
-        specs["peer"] = ([args.peer_python, str(HERE / "peers" / "peer_step.py"), *common, "--device", device],
-                         penv)
+        specs["peer"] = ([args.peer_python, str(HERE / "peers" / "peer_step.py"), *common, "--dtype", "bfloat16",
+                          "--device", device], penv)
     info, times, done = time_workers(specs, args.steps, args.steps, args.rounds)
     row = {"model": model, "batch": batch, "method": method}
     for k in specs:
@@ -98,7 +112,7 @@ def markdown(res) -> str:
         tgt = TARGETS.get((r["model"], r["batch"], r["method"]))
         for key in (k for k in r if k.startswith("jadapt")):
             j = r[key]
-            label = r["method"] + (f" ({key[len('jadapt-'):]} attention)" if key != "jadapt" else "")
+            label = r["method"] + (f" ({key[len('jadapt '):]})" if key != "jadapt" else "")
             cells = [r["model"], f"{r['batch']} x {res['seq']}", label, f"{j['train_ms']:.2f}"]
             if p:
                 cells += [PEER_NAMES[r["method"]] + " (bf16 autocast)", f"{p['train_ms']:.2f}",
@@ -111,8 +125,9 @@ def markdown(res) -> str:
                       f"{p.get('device_peak_mb', 0):,.0f}" if p else "-"]
             lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Ratios are jadapt / peer (below 1: jadapt faster). Both sides: random models of the "
-              "named shape, bf16 compute (jadapt: bf16 matmuls, fp32 params / LayerNorm / softmax / AdamW; "
-              "peers: torch.autocast bf16), dropout on, AdamW, grad clip 1.0; medians over "
+              "named shape, bf16 compute (jadapt: bf16 matmul operands with fp32 accumulation, results in the "
+              "dtype the row's policy names -- `bfloat16` on a GPU: bf16, `bfloat16:float32`: fp32 --, fp32 params / "
+              "LayerNorm / softmax / AdamW; peers: torch.autocast bf16), dropout on, AdamW, grad clip 1.0; medians over "
               f"{res['rounds']} interleaved rounds x {res['steps']} steps after {res['warmup']} warm-up steps; "
               "each timed step waits for its loss (eval: for its predictions). MFU = formula FLOPs "
               "(benchmarks/flops.py) / time / the measured bf16 matmul rate."]
@@ -133,13 +148,16 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--attention", default="matmul,fused",
-                   help="jadapt attention kernels to time per row, side by side (comma list of matmul, fused)")
+    p.add_argument("--variants", default="bfloat16:float32@matmul,bfloat16@matmul,bfloat16@fused",
+                   help="jadapt workers timed side by side in every row: comma list of <compute dtype>@<attention> "
+                        "(bfloat16 on a GPU: bf16 matmul results; bfloat16:float32: fp32 results, the CPU form)")
+    p.add_argument("--no-align", action="store_true", help="skip the alignment benchmark")
     p.add_argument("--rows", default=None, help="comma list of model:batch:method (default: all, by priority)")
     p.add_argument("--budget-s", type=float, default=420.0, help="start no new row after this many seconds")
     p.add_argument("--align-timeout-s", type=float, default=150.0)
     p.add_argument("--smoke", action="store_true", help="tiny shapes on any device (CPU check of this script)")
     args = p.parse_args()
+    parse_variants(args.variants)  # refuse a bad list before any device time is spent
     t0 = time.perf_counter()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -184,6 +202,9 @@ def main() -> None:
         print(f"[{time.perf_counter() - t0:5.0f}s] {model} {batch}x{args.seq} {method}: {msg}", flush=True)
         save()
 
+    if args.no_align:
+        print((out / "gpu.md").read_text(), flush=True)
+        return
     sizes = ["8"] if args.smoke else ["64", "256"]
     cmd = [sys.executable, str(HERE / "bench_align.py"), "--sizes", *sizes, "--reps", "3", "--out", str(out / "align_gpu.md")]
     if args.smoke:

@@ -53,6 +53,23 @@ def jadapt_worker(args) -> None:
     """Build the jadapt step for one row, warm up, then serve ``train N`` / ``eval N``."""
     t0 = time.perf_counter()
     import jax
+
+    train_step, eval_step, _ = build_jadapt_steps(args)
+    t1 = time.perf_counter()
+    for _ in range(args.warmup):
+        train_step()
+        eval_step()
+    info = {"setup_s": time.perf_counter() - t0, "warmup_s": time.perf_counter() - t1, "jax": jax.__version__,
+            "trainable_params": train_step.trainable_params,
+            "allocator": os.environ.get("LD_PRELOAD", "") or "system"}
+    _serve({"train": train_step, "eval": eval_step}, info)
+
+
+def build_jadapt_steps(args):
+    """(train_step(), eval_step(), lower()) for one row: the code ``jadapt train`` runs, on a
+    fixed random batch; each call runs one step and waits for it; ``lower()`` lowers the
+    train step (for its HLO)."""
+    import jax
     import jax.numpy as jnp
     import numpy as np
 
@@ -107,14 +124,8 @@ def jadapt_worker(args) -> None:
     def eval_step():
         jax.block_until_ready(evaluate(state["trainable"], frozen, batch))
 
-    t1 = time.perf_counter()
-    for _ in range(args.warmup):
-        train_step()
-        eval_step()
-    info = {"setup_s": time.perf_counter() - t0, "warmup_s": time.perf_counter() - t1, "jax": jax.__version__,
-            "trainable_params": int(sum(x.size for x in jax.tree_util.tree_leaves(state["trainable"]))),
-            "allocator": os.environ.get("LD_PRELOAD", "") or "system"}
-    _serve({"train": train_step, "eval": eval_step}, info)
+    train_step.trainable_params = int(sum(x.size for x in jax.tree_util.tree_leaves(state["trainable"])))
+    return train_step, eval_step, lambda: train.lower(state, frozen, batch)
 
 
 def _serve(fns, info) -> None:

@@ -18,6 +18,8 @@ __version__ = "0.1.0"
 _EXPORTS = {
     # models
     "EncoderConfig": "jadapt.models.config",
+    "COMPUTE_DTYPES": "jadapt.models.config",
+    "fused_attention": "jadapt.models.encoder",
     "AdapterModel": "jadapt.models.model",
     "HeadConfig": "jadapt.models.model",
     "load_pretrained": "jadapt.models.pretrained",

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from jadapt import runtime
-from jadapt.models.config import ATTENTION_IMPLS
+from jadapt.models.config import ATTENTION_IMPLS, COMPUTE_DTYPES
 
 METHODS = ("houlsby", "pfeiffer", "parallel", "lora", "full", "fusion", "head")
 
@@ -39,7 +39,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup-ratio", type=float, default=0.1)
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--compute-dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--compute-dtype", default="float32", choices=COMPUTE_DTYPES,
+                   help="matmul precision; bfloat16: bf16 operands, fp32 results on CPU, bf16 results on GPU/TPU")
     p.add_argument("--pooling", default="mean", choices=("mean", "cls"))
     _add_attention(p)
     p.add_argument("--train-layer-norms", default=None, choices=("yes", "no"))

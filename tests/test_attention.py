@@ -85,3 +85,30 @@ def test_train_config_and_cli_refuse_unknown_attention():
     assert args.attention == "fused"
     with pytest.raises(SystemExit):
         build_parser().parse_args(["eval", "--checkpoint", "c", "--attention", "flash", "--out", "x"])
+
+
+def test_fused_attention_asks_cudnn_on_gpu_and_falls_back(monkeypatch):
+    """On a GPU, bf16 inputs go to cuDNN (JAX's default is XLA's unfused form) with the mask
+    as a [B, 1, T, S] bias; where cuDNN is missing or refuses (here: a CPU pretending to be a
+    GPU, cuDNN raises), the XLA form runs and gives the same numbers."""
+    from jadapt.models import encoder
+
+    rng = np.random.default_rng(1)
+    q, k, v = (jnp.asarray(rng.normal(size=(2, 8, 2, 16)), jnp.bfloat16) for _ in range(3))
+    keep = jnp.asarray(np.arange(8)[None, :] < np.array([8, 5])[:, None])[:, None, None, :]
+    want = jax.nn.dot_product_attention(q, k, v, mask=keep, scale=1.0)
+    calls = []
+    real = jax.nn.dot_product_attention
+
+    def spy(*a, **kw):
+        calls.append((kw.get("implementation"), None if kw.get("bias") is None else kw["bias"].shape))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(jax.nn, "dot_product_attention", spy)
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    got = encoder.fused_attention(q, k, v, keep)
+    assert calls == [("cudnn", (2, 1, 8, 8)), (None, None)]  # cuDNN asked first, then the fallback
+    assert (got == want).all()
+    calls.clear()
+    encoder.fused_attention(q.astype(jnp.float32), k.astype(jnp.float32), v.astype(jnp.float32), keep)
+    assert calls == [(None, None)]  # fp32: cuDNN's flash attention takes bf16 / fp16 only

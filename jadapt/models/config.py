@@ -13,6 +13,9 @@ from typing import Any
 SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert")
 SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu", "swish", "tanh")
 ATTENTION_IMPLS = ("matmul", "fused")  # attention kernels of ``SelfAttention`` (a runtime choice)
+# Matmul precision policies, ``operands[:results]`` (jadapt.models.layers): ``bfloat16`` picks the
+# result dtype per platform (fp32 on CPU, bf16 on GPU / TPU); the explicit forms pin it.
+COMPUTE_DTYPES = ("float32", "bfloat16", "bfloat16:float32", "bfloat16:bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)

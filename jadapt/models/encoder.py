@@ -25,7 +25,7 @@ from jadapt.adapters.bottleneck import AdapterSite
 from jadapt.adapters.config import AdapterConfig
 from jadapt.adapters.lora import LoraBank
 from jadapt.models.config import EncoderConfig
-from jadapt.models.layers import DTYPES, Dense, Dropout, LayerNorm, activation, einsum
+from jadapt.models.layers import Dense, Dropout, LayerNorm, activation, einsum, operand_dtype
 
 AdapterSpecs = tuple[tuple[str, AdapterConfig], ...]
 
@@ -49,11 +49,29 @@ def _project(module: nn.Module, x, features, name, target, adapters, active, cdt
     return y
 
 
+def fused_attention(q: jax.Array, k: jax.Array, v: jax.Array, keep: jax.Array) -> jax.Array:
+    """softmax(q k^T + mask) v for pre-scaled [B, T, N, H] inputs and a [B, 1, 1, S] keep-mask.
+
+    On a GPU with bf16 / fp16 inputs: cuDNN's flash attention (``jax.nn.dot_product_attention``
+    with ``implementation=None`` is XLA's unfused form), the mask as an additive [B, 1, T, S]
+    bias; XLA's form elsewhere, or where cuDNN refuses the shapes or is missing.
+    """
+    if jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16):
+        neg = jnp.asarray(-0.7 * float(jnp.finfo(q.dtype).max), q.dtype)
+        bias = jnp.broadcast_to(jnp.where(keep, jnp.zeros((), q.dtype), neg),
+                                (q.shape[0], 1, q.shape[1], k.shape[1]))
+        try:
+            return jax.nn.dot_product_attention(q, k, v, bias=bias, scale=1.0, implementation="cudnn")
+        except (ValueError, NotImplementedError, RuntimeError):
+            pass
+    return jax.nn.dot_product_attention(q, k, v, mask=keep, scale=1.0)
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention. ``attention``: ``matmul`` (two canonical matmuls + fp32
     softmax, the fastest form on XLA:CPU, with attention-probability dropout) or ``fused``
-    (``jax.nn.dot_product_attention``: cuDNN flash attention on GPUs when shapes and dtype
-    allow, XLA elsewhere; it has no dropout, so attention-probability dropout is skipped,
+    (``fused_attention``: cuDNN flash attention on GPUs when shapes and dtype allow, XLA's
+    form elsewhere; it has no dropout, so attention-probability dropout is skipped,
     as in flash-attention trainers; hidden dropout stays)."""
 
     config: EncoderConfig
@@ -75,10 +93,9 @@ class SelfAttention(nn.Module):
         q = split(proj("query", x)) * (cfg.head_dim ** -0.5)
         k, v = split(proj("key", x)), split(proj("value", x))
         if self.attention == "fused":
-            dt = DTYPES[cdt]
-            ctx = jax.nn.dot_product_attention(q.astype(dt), k.astype(dt), v.astype(dt), mask=mask_bias == 0,
-                                               scale=1.0)  # q is pre-scaled, as in the matmul form
-            ctx = ctx.astype(x.dtype).reshape(b, s, cfg.hidden_size)
+            dt = operand_dtype(cdt)  # q is pre-scaled, as in the matmul form
+            ctx = fused_attention(q.astype(dt), k.astype(dt), v.astype(dt), mask_bias == 0)
+            ctx = ctx.reshape(b, s, cfg.hidden_size)  # in the operand dtype: the output Dense rounds to it
         else:
             scores = einsum("bqhd,bkhd->bhqk", q, k, cdt) + mask_bias
             probs = jax.nn.softmax(scores, axis=-1)

@@ -8,6 +8,14 @@ AMX (benchmarks/RESULTS.md), so fp32 stays the default. JAX's automatic transpos
 has a bf16 result again, so the backward pass gets the same treatment through a
 ``custom_vjp``. Params, residual stream, LayerNorm, softmax and optimizer state stay fp32
 (autocast-like numerics); ``float32`` compute is exact fp32 everywhere.
+
+Precision policies (``compute_dtype``, ``operands[:results]``): ``float32``; ``bfloat16``:
+bf16 operands, fp32 accumulation, and a result dtype chosen for the platform jit lowers for --
+fp32 on CPU (the only fast bf16 kernel XLA:CPU has) and bf16 on GPU / TPU (cuBLAS and the MXU
+accumulate in fp32 anyway; a bf16 result halves the activation traffic and the saved
+activations, the numerics of torch autocast). ``bfloat16:float32`` / ``bfloat16:bfloat16`` pin
+the result dtype. The CPU-only tricks (canonical transposes, optimization barriers) are used
+only when lowering for the CPU: on GPUs they block XLA's own layout choice and fusions.
 """
 from __future__ import annotations
 
@@ -21,7 +29,36 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jadapt.models.config import COMPUTE_DTYPES
+
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def on_cpu() -> bool:
+    """Whether jit lowers for XLA:CPU here (the default backend): picks the CPU matmul forms."""
+    return jax.default_backend() == "cpu"
+
+
+def _check(compute_dtype: str) -> None:
+    if compute_dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"compute_dtype {compute_dtype!r} is not supported; expected one of {COMPUTE_DTYPES}")
+
+
+def operand_dtype(compute_dtype: str):
+    """The dtype matmul operands are rounded to."""
+    _check(compute_dtype)
+    return DTYPES[compute_dtype.split(":")[0]]
+
+
+def result_dtype(compute_dtype: str):
+    """The dtype of a Dense result: fp32 for ``float32``; for ``bfloat16``, fp32 on CPU and
+    bf16 on accelerators (module docstring); the explicit ``bfloat16:<dtype>`` as named."""
+    _check(compute_dtype)
+    if ":" in compute_dtype:
+        return DTYPES[compute_dtype.split(":")[1]]
+    if compute_dtype == "float32" or on_cpu():
+        return jnp.float32
+    return jnp.bfloat16
 
 
 def _dot(x, w, dims, dtype):
@@ -50,10 +87,15 @@ bf16_matmul.defvjp(_bf16_matmul_fwd, _bf16_matmul_bwd)
 
 
 def matmul(x: jax.Array, w: jax.Array, compute_dtype: str = "float32") -> jax.Array:
-    """Dense product in the requested compute precision; always returns fp32 for fp32 inputs."""
-    if compute_dtype == "bfloat16":
+    """Dense product ``x @ w`` (over x's last axis) under a precision policy (module docstring);
+    the result has ``result_dtype(compute_dtype)``."""
+    if operand_dtype(compute_dtype) == jnp.float32:
+        return jnp.matmul(x, w, precision=lax.Precision.HIGHEST)
+    if result_dtype(compute_dtype) == jnp.float32:
         return bf16_matmul(x, w)
-    return jnp.matmul(x, w, precision=lax.Precision.HIGHEST)
+    # bf16 result: plain autodiff (its transposes have bf16 results too, as wanted here)
+    return lax.dot_general(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16), (((x.ndim - 1,), (0,)), ((), ())),
+                           preferred_element_type=jnp.bfloat16)
 
 
 class Dense(nn.Module):
@@ -70,7 +112,7 @@ class Dense(nn.Module):
         kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), jnp.float32)
         y = matmul(x, kernel, self.compute_dtype)
         if self.use_bias:
-            y = y + self.param("bias", self.bias_init, (self.features,), jnp.float32)
+            y = y + self.param("bias", self.bias_init, (self.features,), jnp.float32).astype(y.dtype)
         return y
 
 
@@ -163,15 +205,22 @@ _SQRT_HALF = np.float32(np.sqrt(0.5))
 _INV_SQRT_2PI = np.float32(1.0 / np.sqrt(2.0 * np.pi))
 
 
+def _gelu_cdf(x):
+    # torch's form, 0.5 (1 + erf(x / sqrt 2)): XLA expands ``erfc`` (jax.nn.gelu's form) into
+    # exp, divides and selects, 3.5 of the 48 ms of a BERT-base 256 x 128 step on an H200;
+    # ``erf`` is one clamped rational polynomial. fp32 inside (bf16 inputs too), as torch.
+    return (0.5 + 0.5 * lax.erf(x.astype(jnp.float32) * _SQRT_HALF)).astype(x.dtype)
+
+
 @jax.custom_vjp
 def gelu(x: jax.Array) -> jax.Array:
-    """Exact (erf) GELU, the same arithmetic as ``jax.nn.gelu(approximate=False)``.
+    """Exact (erf) GELU, ``x * Phi(x)``, as torch / HF compute it.
 
-    Custom VJP: autodiff saves three FFN-sized intermediates (erfc, exp, product) for the
+    Custom VJP: autodiff saves three FFN-sized intermediates (erf, exp, product) for the
     backward pass; this saves only the input and recomputes (with ``layer_norm``'s VJP: XLA
     temp memory of the MiniLM 32 x 128 Pfeiffer train step 1109 -> 988 MB).
     """
-    return 0.5 * x * lax.erfc(-x * _SQRT_HALF.astype(x.dtype))
+    return x * _gelu_cdf(x)
 
 
 def _gelu_fwd(x):
@@ -179,7 +228,7 @@ def _gelu_fwd(x):
 
 
 def _gelu_bwd(x, g):
-    cdf = 0.5 * lax.erfc(-x * _SQRT_HALF.astype(x.dtype))
+    cdf = _gelu_cdf(x)
     pdf = jnp.exp(-0.5 * x * x) * _INV_SQRT_2PI.astype(x.dtype)
     return (g * (cdf + x * pdf),)
 
@@ -314,13 +363,16 @@ def einsum(spec: str, a: jax.Array, b: jax.Array, compute_dtype: str = "float32"
     """Two-operand einsum in the requested precision (fp32 result). Every index of one
     operand must appear in the other or in the output (true for attention products).
 
-    Forward and backward run as canonical batched matmuls (``_canonical_dot``), in both
-    precisions: ``bfloat16`` rounds the operands and accumulates in fp32; ``float32`` is
+    On CPU, forward and backward run as canonical batched matmuls (``_canonical_dot``), in
+    both precisions: ``bfloat16`` rounds the operands and accumulates in fp32; ``float32`` is
     exact fp32 (and, for attention, ~10 % faster than ``jnp.einsum``, whose two products XLA
     fuses with the softmax into one slow kernel: MiniLM 32 x 128 eval 700 -> 623 ms, Pfeiffer
-    train step 1445 -> 1302 ms, measured side by side in one process).
+    train step 1445 -> 1302 ms, measured side by side in one process). Elsewhere it is
+    ``jnp.einsum`` with an fp32 result, so the GPU compiler keeps its own layouts and fusions.
     """
-    if compute_dtype not in DTYPES:
-        raise ValueError(f"compute_dtype {compute_dtype!r} is not supported; expected one of {sorted(DTYPES)}")
-    return _einsum(spec, DTYPES[compute_dtype], a, b)
+    dt = operand_dtype(compute_dtype)
+    if on_cpu():
+        return _einsum(spec, dt, a, b)
+    return jnp.einsum(spec, a.astype(dt), b.astype(dt), preferred_element_type=jnp.float32,
+                      precision=lax.Precision.HIGHEST if dt == jnp.float32 else None)
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
-from jadapt.models.config import ATTENTION_IMPLS
+from jadapt.models.config import ATTENTION_IMPLS, COMPUTE_DTYPES
 from jadapt.train.optim import METHODS
 
 # Learning rates chosen by measurement on the packaged MiniLM (experiments/results/defaults.md).
 DEFAULT_LR = {"houlsby": 1e-3, "pfeiffer": 1e-3, "parallel": 1e-3, "lora": 1e-3, "fusion": 5e-4,
               "head": 1e-3, "full": 5e-5}
-COMPUTE_DTYPES = ("float32", "bfloat16")
 SHARDINGS = ("dp", "fsdp", "tp", "fsdp+tp")
 
 
