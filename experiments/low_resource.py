@@ -290,8 +290,9 @@ class Cost:
 
     def _widths(self, enc: dict, batch_size: int, shuffle: bool) -> list[int]:
         from jadapt import data
+        from jadapt.train.runner import STUDY_BUCKETS
 
-        sizes = data.bucket_sizes(enc["input_ids"].shape[1])
+        sizes = data.bucket_sizes(enc["input_ids"].shape[1], STUDY_BUCKETS)
         lengths = np.asarray(enc["lengths"])
         if shuffle:
             plan = data.epoch_plan(enc, batch_size, seed=0, epoch=0)

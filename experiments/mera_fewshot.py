@@ -445,7 +445,7 @@ class Study:
         r = self.runner("adapter", spec.num_labels)
         feats_fn = self._features_fn(r)
         shot = self.shots(target, k, seed)
-        batches = list(data.eval_batches(shot, self.s.eval_batch_size))
+        batches = list(data.eval_batches(shot, self.s.eval_batch_size, buckets=r.buckets))
         scores = {}
         with common.Timer() as t:
             for task, adapter in zip(self.pool.tasks, self.pool.adapters):
@@ -482,7 +482,7 @@ class Study:
                 r.probe = make_probe(r.model)
             params = tree.merge(r.frozen, r.init_trainable)
             batches = list(data.eval_batches(self.shots(target, k, seed), self.s.eval_batch_size,
-                                             sort_by_length=True))
+                                             buckets=r.buckets, sort_by_length=True))
             acts = [bottleneck_activations(r.model, params, a, batches, probe=r.probe)[0] for a in self.pool.adapters]
             mask = jnp.concatenate([jnp.asarray(b["attention_mask"] * b["weight"][:, None]).reshape(-1)
                                     for b in batches])

@@ -16,10 +16,23 @@ from jadapt.models.config import ATTENTION_IMPLS, COMPUTE_DTYPES
 METHODS = ("houlsby", "pfeiffer", "parallel", "lora", "full", "fusion", "head")
 
 
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        out = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a comma list of ints such as 16,32,64,128, got {text!r}")
+    if not out or min(out) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive widths such as 16,32,64,128, got {text!r}")
+    return out
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None, help="local data root (else $JADAPT_DATA_DIR, else the HF hub)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--buckets", type=_int_list, default=None,
+                   help="padded batch widths, comma list (default 8,16,24,32,48,64,96,128,...,512; "
+                        "fewer widths: fewer compilations, more padding)")
     p.add_argument("--out", required=True, help="output directory (metrics.json, checkpoints, log)")
 
 
@@ -66,7 +79,7 @@ def run_train(args) -> dict:
     cfg = TrainConfig(
         task=args.task, method=args.method, model=args.model, data_dir=args.data_dir, out=args.out,
         train_size=args.train_size, k_shot=args.k_shot, epochs=args.epochs, max_steps=args.max_steps,
-        batch_size=args.batch_size, max_length=args.max_length, bottleneck=args.bottleneck,
+        batch_size=args.batch_size, max_length=args.max_length, buckets=args.buckets, bottleneck=args.bottleneck,
         reduction_factor=args.reduction_factor, lora_r=args.lora_r, lora_alpha=args.lora_alpha,
         train_layer_norms=None if args.train_layer_norms is None else args.train_layer_norms == "yes",
         lr=args.lr, warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay, seed=args.seed,
@@ -105,7 +118,7 @@ def run_eval(args) -> dict:
         raise FileNotFoundError(f"checkpoint path {args.checkpoint} does not exist")
     result = evaluate_checkpoint(args.checkpoint, task=args.task, data_dir=args.data_dir, split=args.split,
                                  batch_size=args.batch_size, max_length=args.max_length,
-                                 attention=args.attention)
+                                 attention=args.attention, buckets=args.buckets)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     from jadapt.train.loop import write_metrics
@@ -161,6 +174,7 @@ def main(argv=None) -> int:
     runtime.maybe_reexec_with_allocator(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    runtime.enable_compilation_cache(argv)
     try:
         from jadapt.distributed import initialize
 

@@ -1,12 +1,20 @@
-"""Process-start choices: the memory allocator.
+"""Process-start choices: the memory allocator and the persistent compilation cache.
 
 glibc malloc hands XLA:CPU's large per-step buffers back to the kernel and faults them in
 again every step; tcmalloc keeps them (measured 1.3-1.4x faster train steps on a 2-core CPU,
-no extra peak memory; see ../shared/PEERS.md and benchmarks/RESULTS.md). The allocator can
+at a higher peak: MiniLM Pfeiffer 32 x 128 2.8 vs 2.0 GB; benchmarks/RESULTS.md). The allocator can
 only be chosen before the process starts, so the CLI re-executes itself once with
 ``LD_PRELOAD`` set. Switch: ``JADAPT_ALLOCATOR=system`` (keep glibc) or ``=tcmalloc``
 (default; silently skipped when the library is not installed: ``apt-get install
 libtcmalloc-minimal4``), or a path to another allocator library.
+
+Compiled XLA programs are kept across runs in a persistent cache (JAX's
+``jax_compilation_cache_dir``): a MiniLM SST-2 epoch compiles ~27 s of its ~80 s on a
+2-core CPU (one train and eval program per length bucket), which a rerun with the same
+shapes (another seed, learning rate, task of the same label count) skips. Default
+``$XDG_CACHE_HOME/jadapt/xla`` (``~/.cache/jadapt/xla``); ``JADAPT_COMPILATION_CACHE`` names
+another directory, or ``off``. Set by the CLI only: code that imports jadapt keeps its own
+JAX configuration.
 """
 from __future__ import annotations
 
@@ -58,3 +66,32 @@ def maybe_reexec_with_allocator(argv=None) -> None:
         os.execve(sys.executable, [sys.executable, "-m", "jadapt.cli", *sys.argv[1:]], env)
     except OSError:
         return  # keep the system allocator rather than fail
+
+
+def compilation_cache_dir(environ=None) -> str | None:
+    """The persistent compilation cache directory the CLI uses (module docstring), or None."""
+    env = os.environ if environ is None else environ
+    choice = env.get("JADAPT_COMPILATION_CACHE", "").strip()
+    if choice.lower() in ("off", "none", "0", "false", "no"):
+        return None
+    if choice:
+        return os.path.abspath(os.path.expanduser(choice))
+    base = env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "jadapt", "xla")
+
+
+def enable_compilation_cache(argv=None) -> str | None:
+    """Point JAX's persistent compilation cache at ``compilation_cache_dir()``; only for the
+    real command line (``argv is None``), like the allocator. Returns the directory used."""
+    path = compilation_cache_dir() if argv is None else None
+    if path is None:
+        return None
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError:
+        return None  # an unwritable cache location costs speed, never the run
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)  # skip trivial programs
+    return path

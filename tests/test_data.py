@@ -317,9 +317,10 @@ def check_batch(b, d, batch_size, sizes):
 
 
 def test_bucket_sizes():
-    assert data.bucket_sizes(128) == (32, 64, 128)
-    assert data.bucket_sizes(100) == (32, 64, 100)
-    assert data.bucket_sizes(16) == (16,)
+    assert data.bucket_sizes(128) == (8, 16, 24, 32, 48, 64, 96, 128)
+    assert data.bucket_sizes(100) == (8, 16, 24, 32, 48, 64, 96, 100)
+    assert data.bucket_sizes(16) == (8, 16)
+    assert data.bucket_sizes(128, (32, 64)) == (32, 64, 128)
     assert data.bucket_sizes(512, (8, 600, 64)) == (8, 64, 512)
 
 
@@ -515,7 +516,7 @@ def test_real_packaged_tokenizer():
     sst = data.load_split("sst2", "validation", REAL)
     batches = list(data.eval_batches(data.encode("sst2", sst, tok, 128), 32))
     assert sum(int(b["weight"].sum()) for b in batches) == 872
-    assert {b["input_ids"].shape[1] for b in batches} <= {32, 64, 128}
+    assert {b["input_ids"].shape[1] for b in batches} <= set(data.bucket_sizes(128))
 
 
 @pytest.mark.slow
@@ -528,3 +529,24 @@ def test_real_sst2_train_tokenises_in_seconds():
     enc = data.encode("sst2", rows, tok, 128)
     assert time.perf_counter() - t0 < 60  # ~3-10 s on 2 shared CPU cores
     assert enc["input_ids"].shape == (67349, 128) and enc["lengths"].max() < 128
+
+
+def test_default_buckets_bound_padding():
+    """Default widths pad a batch to at most 1.5x its longest row (or to 16), up to 512."""
+    sizes = data.bucket_sizes(512)
+    for length in range(1, 513):
+        assert data.bucket_for(length, sizes) <= max(16, 1.5 * length), length
+    assert len(sizes) <= 12  # one compilation per width used: keep the set small
+
+
+def test_train_config_and_cli_check_buckets():
+    from jadapt.cli import build_parser
+    from jadapt.train.config import TrainConfig
+
+    assert TrainConfig(task="rte", buckets=(16, 64)).buckets == (16, 64)
+    with pytest.raises(ValueError, match="buckets must be positive ints"):
+        TrainConfig(task="rte", buckets=(0, 64))
+    args = build_parser().parse_args(["train", "--task", "rte", "--out", "x", "--buckets", "16,64"])
+    assert args.buckets == (16, 64)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--task", "rte", "--out", "x", "--buckets", "16,sixty"])

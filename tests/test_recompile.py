@@ -79,7 +79,7 @@ def test_train_step_compiles_once_per_bucket(method, compute_dtype):
     for epoch in range(2):
         with _COUNTER:
             before = _COUNTER.count
-            for batch in epoch_batches(data, batch_size=8, seed=0, epoch=epoch):
+            for batch in epoch_batches(data, batch_size=8, seed=0, epoch=epoch, buckets=(32, 64)):
                 widths_seen.add(batch["input_ids"].shape[1])
                 state, metrics = train(state, frozen, batch)
             jax.block_until_ready(metrics["loss"])

@@ -27,6 +27,7 @@ class TrainConfig:
     batch_size: int = 32
     eval_batch_size: int = 64
     max_length: int = 128
+    buckets: Optional[tuple[int, ...]] = None  # padded batch widths; None: jadapt.data.DEFAULT_BUCKETS
     bottleneck: Optional[int] = 64
     reduction_factor: Optional[float] = None
     lora_r: int = 8
@@ -56,6 +57,9 @@ class TrainConfig:
         for name in ("batch_size", "eval_batch_size", "max_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.buckets is not None and (not self.buckets or any(not isinstance(b, int) or b < 1
+                                                                  for b in self.buckets)):
+            raise ValueError(f"buckets must be positive ints (padded batch widths), got {self.buckets!r}")
         if self.epochs <= 0:
             raise ValueError(f"epochs must be > 0, got {self.epochs}")
         if self.train_size is not None and self.train_size < 1:

@@ -6,9 +6,10 @@ from typing import Optional
 
 def evaluate_checkpoint(checkpoint: str, *, task: Optional[str] = None, data_dir: Optional[str] = None,
                         split: Optional[str] = None, batch_size: int = 64, max_length: int = 128,
-                        attention: str = "matmul") -> dict:
+                        attention: str = "matmul", buckets: Optional[tuple[int, ...]] = None) -> dict:
     """Metrics of the checkpoint's model on ``task``'s ``split`` (default: its dev split).
-    ``attention``: ``matmul`` or ``fused`` (same numbers at inference; fused is for GPUs)."""
+    ``attention``: ``matmul`` or ``fused`` (same numbers at inference; fused is for GPUs);
+    ``buckets``: padded batch widths (default ``jadapt.data.DEFAULT_BUCKETS``)."""
     from transformers import AutoTokenizer
 
     from jadapt import data
@@ -32,6 +33,6 @@ def evaluate_checkpoint(checkpoint: str, *, task: Optional[str] = None, data_dir
     import jax
 
     eval_fn = jax.jit(make_eval_step(model, regression=spec.regression))
-    metrics = evaluate(eval_fn, params, {}, encoded, spec, batch_size)
+    metrics = evaluate(eval_fn, params, {}, encoded, spec, batch_size, buckets=buckets)
     return {"task": spec.name, "split": split or spec.dev_split, "checkpoint": str(checkpoint),
             "examples": int(len(encoded["labels"])), **metrics}

@@ -132,12 +132,13 @@ def place_and_jit(cfg: TrainConfig, model, tx, task, state: dict, frozen: dict):
 
 
 # ---------------------------------------------------------------- evaluation
-def evaluate(evaluate_fn, trainable, frozen, dev: dict, task, batch_size: int) -> dict:
+def evaluate(evaluate_fn, trainable, frozen, dev: dict, task, batch_size: int, buckets=None) -> dict:
     from jadapt import data
     from jadapt.train.metrics import compute_metrics
 
     loss_sum, w_sum, preds, labels, weights = 0.0, 0.0, [], [], []
-    for batch in data.eval_batches(dev, batch_size, sort_by_length=True):  # less padding; labels travel with rows
+    # length-sorted: less padding; labels travel with their rows
+    for batch in data.eval_batches(dev, batch_size, buckets=buckets or data.DEFAULT_BUCKETS, sort_by_length=True):
         l, w, p = evaluate_fn(trainable, frozen, batch)
         loss_sum += float(l)
         w_sum += float(w)
@@ -209,7 +210,8 @@ def fit(cfg: TrainConfig) -> dict:
     step = start
     while step < stop_at:
         epoch, in_epoch = divmod(step, steps_per_epoch)
-        for batch in data.epoch_batches(train, cfg.batch_size, seed=cfg.seed, epoch=epoch, start_step=in_epoch):
+        for batch in data.epoch_batches(train, cfg.batch_size, seed=cfg.seed, epoch=epoch, start_step=in_epoch,
+                                        buckets=cfg.buckets or data.DEFAULT_BUCKETS):
             state, m = train_step(state, frozen, batch)
             step, in_epoch = step + 1, in_epoch + 1
             bar.update(1)
@@ -222,7 +224,7 @@ def fit(cfg: TrainConfig) -> dict:
             if step >= stop_at:
                 break
         if in_epoch >= steps_per_epoch or step >= total_steps:  # an epoch (or the run) ended
-            metrics = evaluate(eval_step, state["trainable"], frozen, dev, task, cfg.eval_batch_size)
+            metrics = evaluate(eval_step, state["trainable"], frozen, dev, task, cfg.eval_batch_size, cfg.buckets)
             metrics.update(step=step, epoch=round(step / steps_per_epoch, 4))
             history.append(metrics)
             log.write(json.dumps({"eval": metrics}) + "\n")
@@ -238,7 +240,7 @@ def fit(cfg: TrainConfig) -> dict:
     ckpt.close()
     log.close()
     if not history and best_metrics is None:  # resumed after the end: evaluate once more
-        best_metrics = evaluate(eval_step, state["trainable"], frozen, dev, task, cfg.eval_batch_size)
+        best_metrics = evaluate(eval_step, state["trainable"], frozen, dev, task, cfg.eval_batch_size, cfg.buckets)
     result = {
         "task": task.name,
         "method": cfg.method,

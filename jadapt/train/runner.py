@@ -22,10 +22,18 @@ from jadapt.train.optim import make_optimizer, split
 from jadapt.train.step import init_state, make_eval_step, make_train_step
 
 
+# Padded widths of the studies' batches: the widths their recorded results (experiments/results)
+# and per-width CPU costs (experiments.low_resource.CPU_COST) were measured with; coarser than
+# jadapt.data.DEFAULT_BUCKETS, which matters less here: a Runner compiles each width once for
+# hundreds of runs.
+STUDY_BUCKETS = (32, 64, 128, 256, 512)
+
+
 class Runner:
     def __init__(self, model, params: dict, labels: dict, *, regression: bool, batch_size: int = 32,
-                 eval_batch_size: int = 64, weight_decay: float = 0.01, max_grad_norm: float = 1.0):
-        self.model, self.regression = model, regression
+                 eval_batch_size: int = 64, weight_decay: float = 0.01, max_grad_norm: float = 1.0,
+                 buckets: tuple[int, ...] = STUDY_BUCKETS):
+        self.model, self.regression, self.buckets = model, regression, tuple(buckets)
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.init_trainable, self.frozen = split(params, labels)
         self.labels = split(labels, labels)[0]
@@ -38,7 +46,7 @@ class Runner:
         from jadapt.train.loop import evaluate
 
         return evaluate(self.eval_step, trainable, self.frozen if frozen is None else frozen, dev, task,
-                        self.eval_batch_size)
+                        self.eval_batch_size, self.buckets)
 
     def run(self, task, train: dict, dev: dict, *, seed: int, epochs: float, lr: float, warmup_ratio: float = 0.1,
             trainable: Optional[dict] = None, frozen: Optional[dict] = None, eval_each_epoch: bool = False,
@@ -58,7 +66,7 @@ class Runner:
         state = init_state(jax.tree_util.tree_map(jnp.array, start), tx, seed)  # copy: the step donates
         history, step, epoch = [], 0, 0
         while step < total:
-            for batch in data.epoch_batches(train, self.batch_size, seed=seed, epoch=epoch):
+            for batch in data.epoch_batches(train, self.batch_size, seed=seed, epoch=epoch, buckets=self.buckets):
                 state, _ = self.train_step(state, frozen, batch)
                 step += 1
                 if step >= total:
