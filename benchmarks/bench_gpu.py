@@ -112,7 +112,7 @@ def markdown(res) -> str:
         tgt = TARGETS.get((r["model"], r["batch"], r["method"]))
         for key in (k for k in r if k.startswith("jadapt")):
             j = r[key]
-            label = r["method"] + (f" ({key[len('jadapt '):]})" if key != "jadapt" else "")
+            label = f"{r['method']} ({key[len('jadapt '):]})"
             cells = [r["model"], f"{r['batch']} x {res['seq']}", label, f"{j['train_ms']:.2f}"]
             if p:
                 cells += [PEER_NAMES[r["method"]] + " (bf16 autocast)", f"{p['train_ms']:.2f}",

@@ -140,16 +140,20 @@ def test_bf16_model_close_to_fp32():
     assert _rel(l16, l32) < 8 * U  # logits of a random head are small sums: a looser relative bound
 
 
-def test_bf16_model_gradient_close_to_fp32():
-    params = init_params(_model("float32"), jax.random.key(0))
-    ids, mask = _inputs(1)
+def _flat_grads(params, ids, mask, *compute_dtypes):
+    """Whole-model cross-entropy gradients, one flat vector per compute dtype."""
     y = jnp.asarray([0, 1, 2, 1])
 
     def loss(p, cdt):
         return optax.softmax_cross_entropy_with_integer_labels(_model(cdt).apply({"params": p}, ids, mask), y).mean()
 
-    flat = lambda g: np.concatenate([np.ravel(v) for v in tree.flatten(g).values()])  # noqa: E731
-    g32, g16 = flat(jax.grad(loss)(params, "float32")), flat(jax.grad(loss)(params, "bfloat16"))
+    return [np.concatenate([np.ravel(v) for v in tree.flatten(jax.grad(loss)(params, c)).values()])
+            for c in compute_dtypes]
+
+
+def test_bf16_model_gradient_close_to_fp32():
+    params = init_params(_model("float32"), jax.random.key(0))
+    g32, g16 = _flat_grads(params, *_inputs(1), "float32", "bfloat16")
     assert np.linalg.norm(g16 - g32) / np.linalg.norm(g32) < 4 * U
     assert g16 @ g32 / np.linalg.norm(g16) / np.linalg.norm(g32) > 0.9999
 
@@ -277,13 +281,7 @@ def test_bf16_results_model_close_to_fp32():
     assert l16.dtype == h16[-1].dtype == jnp.float32  # LayerNorm output and logits stay fp32
     for a, b in zip(h16[1:], h32[1:]):
         assert 0 < _rel(a, b) < U
-    y = jnp.asarray([0, 1, 2, 1])
-
-    def loss(p, cdt):
-        return optax.softmax_cross_entropy_with_integer_labels(_model(cdt).apply({"params": p}, ids, mask), y).mean()
-
-    flat = lambda g: np.concatenate([np.ravel(v) for v in tree.flatten(g).values()])  # noqa: E731
-    g32, g16 = flat(jax.grad(loss)(params, "float32")), flat(jax.grad(loss)(params, "bfloat16:bfloat16"))
+    g32, g16 = _flat_grads(params, ids, mask, "float32", "bfloat16:bfloat16")
     assert np.linalg.norm(g16 - g32) / np.linalg.norm(g32) < 4 * U
 
 

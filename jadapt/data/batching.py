@@ -33,8 +33,10 @@ DEFAULT_BUCKETS = (8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 Batch = dict  # dict[str, np.ndarray]
 
 
-def bucket_sizes(max_length: int, buckets: Sequence[int] = DEFAULT_BUCKETS) -> tuple[int, ...]:
-    """The widths batches may have: ``buckets`` below ``max_length``, then ``max_length``."""
+def bucket_sizes(max_length: int, buckets: Sequence[int] | None = None) -> tuple[int, ...]:
+    """The widths batches may have: ``buckets`` (None: ``DEFAULT_BUCKETS``) below
+    ``max_length``, then ``max_length``."""
+    buckets = DEFAULT_BUCKETS if buckets is None else buckets
     if any(b < 1 for b in buckets):
         raise ValueError(f"buckets must be positive, got {tuple(buckets)}")
     return tuple(sorted({int(b) for b in buckets if b < max_length} | {int(max_length)}))
@@ -81,7 +83,7 @@ def epoch_plan(data: Mapping[str, np.ndarray], batch_size: int, seed: int, epoch
 
 
 def epoch_batches(data: Mapping[str, np.ndarray], batch_size: int, seed: int, epoch: int, shuffle: bool = True,
-                  start_step: int = 0, buckets: Sequence[int] = DEFAULT_BUCKETS, sort_chunks: int | None = 64,
+                  start_step: int = 0, buckets: Sequence[int] | None = None, sort_chunks: int | None = 64,
                   drop_remainder: bool = False, process_index: int = 0, process_count: int = 1) -> Iterator[Batch]:
     """The training batches of epoch ``epoch``, starting at step ``start_step`` of it.
 
@@ -96,7 +98,7 @@ def epoch_batches(data: Mapping[str, np.ndarray], batch_size: int, seed: int, ep
         yield make_batch(data, idx, batch_size, sizes, process_index, process_count)
 
 
-def eval_batches(data: Mapping[str, np.ndarray], batch_size: int, buckets: Sequence[int] = DEFAULT_BUCKETS,
+def eval_batches(data: Mapping[str, np.ndarray], batch_size: int, buckets: Sequence[int] | None = None,
                  sort_by_length: bool = False, process_index: int = 0, process_count: int = 1) -> Iterator[Batch]:
     """Every row exactly once, no shuffling, fixed shapes. ``sort_by_length`` orders rows by
     length to cut padding (use ``batch["index"]`` to map predictions back)."""

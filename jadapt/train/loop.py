@@ -138,7 +138,7 @@ def evaluate(evaluate_fn, trainable, frozen, dev: dict, task, batch_size: int, b
 
     loss_sum, w_sum, preds, labels, weights = 0.0, 0.0, [], [], []
     # length-sorted: less padding; labels travel with their rows
-    for batch in data.eval_batches(dev, batch_size, buckets=buckets or data.DEFAULT_BUCKETS, sort_by_length=True):
+    for batch in data.eval_batches(dev, batch_size, buckets=buckets, sort_by_length=True):
         l, w, p = evaluate_fn(trainable, frozen, batch)
         loss_sum += float(l)
         w_sum += float(w)
@@ -211,7 +211,7 @@ def fit(cfg: TrainConfig) -> dict:
     while step < stop_at:
         epoch, in_epoch = divmod(step, steps_per_epoch)
         for batch in data.epoch_batches(train, cfg.batch_size, seed=cfg.seed, epoch=epoch, start_step=in_epoch,
-                                        buckets=cfg.buckets or data.DEFAULT_BUCKETS):
+                                        buckets=cfg.buckets):
             state, m = train_step(state, frozen, batch)
             step, in_epoch = step + 1, in_epoch + 1
             bar.update(1)
