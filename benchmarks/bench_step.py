@@ -89,7 +89,7 @@ def build_jadapt_steps(args):
         from jadapt.models.pretrained import load_pretrained
 
         model, params = load_pretrained(adapters=adapters, head=head, compute_dtype=args.dtype,
-                                        attention=args.attention)
+                                        attention=args.attention, remat=getattr(args, "remat", False))
     else:  # a random model of the named shape (bench_gpu.py: the weights do not travel)
         from jadapt.models.config import EncoderConfig
         from jadapt.models.pretrained import init_params
@@ -98,7 +98,7 @@ def build_jadapt_steps(args):
         cfg = EncoderConfig(hidden_size=shape["hidden"], num_layers=shape["layers"], num_heads=12,
                             intermediate_size=shape["intermediate"])
         model = AdapterModel(cfg, adapters=adapters, active=tuple(n for n, _ in adapters), head=head,
-                             compute_dtype=args.dtype, attention=args.attention)
+                             compute_dtype=args.dtype, attention=args.attention, remat=getattr(args, "remat", False))
         params = init_params(model, jax.random.key(0))
     names = [n for n, _ in adapters]
     ln = any(c.train_layer_norms for _, c in adapters)  # as `jadapt train` (Houlsby trains LayerNorms)
@@ -240,6 +240,7 @@ def jadapt_env(allocator: str) -> dict:
     if lib:
         env["LD_PRELOAD"] = ":".join(x for x in (lib, env.get("LD_PRELOAD", "")) if x)
     env.pop("XLA_FLAGS", None)  # one CPU device, as `jadapt train` on this machine
+    env["XLA_FLAGS"] = runtime.xla_flags(env)  # and its XLA:CPU scheduler (jadapt.runtime)
     return env
 
 
@@ -277,7 +278,8 @@ def run_row(args, method, dtype, peer_python, model_path):
     common = ["--model", args.model, "--method", method, "--dtype", dtype, "--batch", str(args.batch),
               "--seq", str(args.seq), "--bottleneck", str(args.bottleneck), "--warmup", str(args.warmup)]
     load0 = os.getloadavg()[0]
-    specs = {"jadapt": ([sys.executable, __file__, "--worker", "jadapt", *common, "--attention", args.attention],
+    specs = {"jadapt": ([sys.executable, __file__, "--worker", "jadapt", *common, "--attention", args.attention,
+                       *(["--remat"] if args.remat else [])],
                         jadapt_env(args.allocator))}
     if peer_python:
         peer_env = dict(os.environ)
@@ -375,6 +377,7 @@ def main() -> None:
     p.add_argument("--method", default=None, help=argparse.SUPPRESS)  # worker: one row
     p.add_argument("--dtype", default=None, help=argparse.SUPPRESS)
     p.add_argument("--attention", default="matmul", choices=ATTENTION_IMPLS, help="jadapt's attention kernel")
+    p.add_argument("--remat", action="store_true", help="jadapt side: recompute each layer in the backward pass")
     args = p.parse_args()
     if args.worker == "jadapt":
         return jadapt_worker(args)

@@ -63,7 +63,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sharding", default="dp", choices=("dp", "fsdp", "tp", "fsdp+tp"),
                    help="how params are laid over the devices (batch is always data-parallel)")
     p.add_argument("--remat", action="store_true",
-                   help="recompute each layer's activations in the backward pass (less memory, more compute)")
+                   help="recompute each layer's activations in the backward pass "
+                        "(MiniLM step: ~0.5x XLA temp memory, ~1.2x time)")
     p.add_argument("--no-progress", action="store_true")
     _add_common(p)
 
@@ -172,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     runtime.maybe_reexec_with_allocator(argv)
+    runtime.apply_xla_flags(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     runtime.enable_compilation_cache(argv)

@@ -114,3 +114,23 @@ def test_counter_sees_a_recompile():
         f(a)
         f(b)
         assert _COUNTER.count - before == 2
+
+
+def test_encoder_layers_are_traced_once(monkeypatch):
+    """The layer stack traces one layer and calls it n times (jitted layer): a 4-layer model's
+    train-step trace runs the attention code once, not four times (tracing time, issue 10)."""
+    from jadapt.models import encoder
+
+    cfg = EncoderConfig(vocab_size=100, hidden_size=32, num_layers=4, num_heads=4, intermediate_size=64,
+                        max_position_embeddings=64)
+    model = AdapterModel(cfg, adapters=(("a", preset("pfeiffer", bottleneck=8)),), active=("a",),
+                         head=HeadConfig(num_labels=2))
+    params = init_params(model, jax.random.key(0))
+    calls = []
+    original = encoder.SelfAttention.__call__
+    monkeypatch.setattr(encoder.SelfAttention, "__call__",
+                        lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    ids = jax.numpy.ones((2, 12), jax.numpy.int32)
+    jax.jit(lambda p, i: model.apply({"params": p}, i, jax.numpy.ones_like(i), deterministic=False,
+                                     rngs={"dropout": jax.random.key(1)})).trace(params, ids)
+    assert len(calls) == 1

@@ -21,13 +21,23 @@ from jadapt.data.tasks import TaskSpec, get_task
 Encoded = dict  # dict[str, np.ndarray]
 
 
-def load_tokenizer(path: str | os.PathLike | None = None):
-    """``AutoTokenizer`` for a model dir (default: the packaged all-MiniLM-L6-v2)."""
-    from transformers import AutoTokenizer
+def load_tokenizer(path: str | os.PathLike | None = None, *, fast: bool = True):
+    """The tokenizer of a model dir (default: the packaged all-MiniLM-L6-v2).
 
+    BERT WordPiece folders open with the ``tokenizers`` library directly (no transformers
+    import: ~2 s and, with torch installed, ~200 MB less; see ``jadapt.data.fast_tokenizer``);
+    everything else, or ``fast=False``, gets ``transformers.AutoTokenizer``.
+    """
+    from jadapt.data.fast_tokenizer import open_fast_tokenizer
     from jadapt.models.hf import resolve_model_path
 
-    return AutoTokenizer.from_pretrained(str(resolve_model_path(path)))
+    folder = resolve_model_path(path)
+    tok = open_fast_tokenizer(folder) if fast else None
+    if tok is not None:
+        return tok
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(folder))
 
 
 def length_limit(tokenizer: Any = None, model_max_length: Any = None) -> int | None:

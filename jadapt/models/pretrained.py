@@ -62,9 +62,8 @@ def load_pretrained(
         remat=remat,
         attention=attention,
     )
-    expected = param_shapes(model)
-    loaded = convert_state_dict(read_state_dict(path), expected)
-    fresh = init_params(model, jax.random.key(seed))
+    fresh = init_params(model, jax.random.key(seed))  # its shapes tell the loader what to expect
+    loaded = convert_state_dict(read_state_dict(path), {p: tuple(x.shape) for p, x in tree.flatten(fresh).items()})
     return model, tree.merge(fresh, loaded)
 
 

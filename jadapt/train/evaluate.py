@@ -10,11 +10,8 @@ def evaluate_checkpoint(checkpoint: str, *, task: Optional[str] = None, data_dir
     """Metrics of the checkpoint's model on ``task``'s ``split`` (default: its dev split).
     ``attention``: ``matmul`` or ``fused`` (same numbers at inference; fused is for GPUs);
     ``buckets``: padded batch widths (default ``jadapt.data.DEFAULT_BUCKETS``)."""
-    from transformers import AutoTokenizer
-
     from jadapt import data
     from jadapt.checkpoint import load_model
-    from jadapt.models.hf import resolve_model_path
     from jadapt.train.loop import evaluate
     from jadapt.train.step import make_eval_step
 
@@ -27,7 +24,7 @@ def evaluate_checkpoint(checkpoint: str, *, task: Optional[str] = None, data_dir
                          f"({None if head is None else head.num_labels} outputs); task {spec.name!r} needs {want}")
     if max_length > model.config.max_length:
         raise ValueError(f"max_length {max_length} exceeds the model's maximum {model.config.max_length}")
-    tok = AutoTokenizer.from_pretrained(str(resolve_model_path(meta["base_model"])))
+    tok = data.load_tokenizer(meta["base_model"])
     rows = data.load_split(spec, split or spec.dev_split, data_dir)
     encoded = data.encode(spec, rows, tok, max_length, model_max_length=model.config.max_length)
     import jax

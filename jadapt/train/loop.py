@@ -29,11 +29,9 @@ from jadapt.train.step import init_state, jit_steps, make_eval_step, make_train_
 # ---------------------------------------------------------------- data
 def prepare_data(cfg: TrainConfig, task, tokenizer_dir: Path, model_max_length: int) -> tuple[dict, dict]:
     """Tokenised (train, dev) numpy columns for the run's task, subset and seed."""
-    from transformers import AutoTokenizer
-
     from jadapt import data
 
-    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    tok = data.load_tokenizer(tokenizer_dir)
     train_rows = data.load_split(task, task.train_split, cfg.data_dir)
     dev_rows = data.load_split(task, task.dev_split, cfg.data_dir)
     if cfg.train_size is not None:
