@@ -10,8 +10,7 @@ libtcmalloc-minimal4``), or a path to another allocator library.
 
 XLA:CPU's concurrency-optimised scheduler (XLA's default) orders a step's operations for
 parallel execution at the cost of live memory, and makes ``--remat`` useless on CPU (the
-recomputed activations are scheduled early and live as long as saved ones would). The CLI
-turns it off: MiniLM Pfeiffer 32 x 128 train step temp buffer 990 -> 872 MB, with
+temp buffer stays as large as without it). The CLI turns it off: MiniLM Pfeiffer 32 x 128 train step temp buffer 990 -> 872 MB, with
 ``--remat`` 984 -> 438 MB, step time unchanged (1,208 ms vs 1,132-1,194 ms, same machine).
 Switch: ``JADAPT_CPU_SCHEDULER=concurrency`` keeps XLA's default, or set the flag in
 ``XLA_FLAGS`` yourself. It only concerns the CPU backend, so where a GPU / TPU plugin is
