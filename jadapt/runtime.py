@@ -10,8 +10,9 @@ libtcmalloc-minimal4``), or a path to another allocator library.
 
 XLA:CPU's concurrency-optimised scheduler (XLA's default) orders a step's operations for
 parallel execution at the cost of live memory, and makes ``--remat`` useless on CPU (the
-temp buffer stays as large as without it). The CLI turns it off: MiniLM Pfeiffer 32 x 128 train step temp buffer 990 -> 872 MB, with
-``--remat`` 984 -> 438 MB, step time unchanged (1,208 ms vs 1,132-1,194 ms, same machine).
+temp buffer stays as large as without it). The CLI turns it off: MiniLM Pfeiffer 32 x 128
+train step temp buffer 990 -> 872 MB, with ``--remat`` 984 -> 438 MB, step time unchanged
+(1,208 ms vs 1,132-1,194 ms, same machine).
 Switch: ``JADAPT_CPU_SCHEDULER=concurrency`` keeps XLA's default, or set the flag in
 ``XLA_FLAGS`` yourself. It only concerns the CPU backend, so where a GPU / TPU plugin is
 installed it is left out unless ``JADAPT_CPU_SCHEDULER=memory`` asks for it.
@@ -101,7 +102,9 @@ def xla_flags(environ=None, *, accelerator: bool | None = None) -> str:
     if asked not in ("", "memory", "concurrency"):
         raise ValueError(f"JADAPT_CPU_SCHEDULER={asked!r}: expected 'memory' or 'concurrency'")
     if not asked:
-        asked = "concurrency" if (accelerator_plugin_installed() if accelerator is None else accelerator) else "memory"
+        if accelerator is None:
+            accelerator = accelerator_plugin_installed()
+        asked = "concurrency" if accelerator else "memory"
     if asked == "concurrency" or CPU_SCHEDULER_FLAG in flags:
         return flags
     return " ".join(x for x in (flags, CPU_SCHEDULER_FLAG + "=false") if x)

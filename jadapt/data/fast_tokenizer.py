@@ -18,10 +18,11 @@ and pairs, with truncation, under transformers 4.57 and 5.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Sequence
+
+from jadapt.models.hf import read_folder_json
 
 _BERT_CLASSES = {"BertTokenizer", "BertTokenizerFast"}
 
@@ -67,13 +68,6 @@ class FastTokenizer:
         return out
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
 def _is_plain_bert(spec: dict, config: dict, model_type: str | None) -> bool:
     """True where ``tokenizer.json`` is a BERT WordPiece pipeline that ``tokenizer_config`` agrees with.
 
@@ -101,9 +95,9 @@ def _is_plain_bert(spec: dict, config: dict, model_type: str | None) -> bool:
 def open_fast_tokenizer(path: str | os.PathLike) -> FastTokenizer | None:
     """A :class:`FastTokenizer` for the model folder ``path``, or None where transformers is needed."""
     folder = Path(path)
-    spec = _read_json(folder / "tokenizer.json")
-    config = _read_json(folder / "tokenizer_config.json") or {}
-    model_type = (_read_json(folder / "config.json") or {}).get("model_type")
+    spec = read_folder_json(folder, "tokenizer.json")
+    config = read_folder_json(folder, "tokenizer_config.json") or {}
+    model_type = (read_folder_json(folder, "config.json") or {}).get("model_type")
     if spec is None or not _is_plain_bert(spec, config, model_type):
         return None
     try:
@@ -111,7 +105,7 @@ def open_fast_tokenizer(path: str | os.PathLike) -> FastTokenizer | None:
     except ImportError:
         return None
     backend = Tokenizer.from_file(str(folder / "tokenizer.json"))
-    special_map = _read_json(folder / "special_tokens_map.json") or {}
+    special_map = read_folder_json(folder, "special_tokens_map.json") or {}
     special = {}
     for key, default in (("pad_token", "[PAD]"), ("cls_token", "[CLS]"), ("sep_token", "[SEP]"),
                          ("unk_token", "[UNK]"), ("mask_token", "[MASK]")):

