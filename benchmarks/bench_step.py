@@ -85,11 +85,12 @@ def build_jadapt_steps(args):
     else:
         adapters = (("a", preset(args.method, bottleneck=args.bottleneck)),)
     head = HeadConfig(num_labels=2)
+    remat = getattr(args, "remat", False)  # bench_gpu / profile_step build rows without the flag
     if args.model == "minilm" and args.model_path != "random":
         from jadapt.models.pretrained import load_pretrained
 
         model, params = load_pretrained(adapters=adapters, head=head, compute_dtype=args.dtype,
-                                        attention=args.attention, remat=getattr(args, "remat", False))
+                                        attention=args.attention, remat=remat)
     else:  # a random model of the named shape (bench_gpu.py: the weights do not travel)
         from jadapt.models.config import EncoderConfig
         from jadapt.models.pretrained import init_params
@@ -98,7 +99,7 @@ def build_jadapt_steps(args):
         cfg = EncoderConfig(hidden_size=shape["hidden"], num_layers=shape["layers"], num_heads=12,
                             intermediate_size=shape["intermediate"])
         model = AdapterModel(cfg, adapters=adapters, active=tuple(n for n, _ in adapters), head=head,
-                             compute_dtype=args.dtype, attention=args.attention, remat=getattr(args, "remat", False))
+                             compute_dtype=args.dtype, attention=args.attention, remat=remat)
         params = init_params(model, jax.random.key(0))
     names = [n for n, _ in adapters]
     ln = any(c.train_layer_norms for _, c in adapters)  # as `jadapt train` (Houlsby trains LayerNorms)

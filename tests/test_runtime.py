@@ -1,4 +1,4 @@
-"""Process-start choices of the CLI (jadapt/runtime.py): allocator and compilation cache."""
+"""Process-start choices of the CLI (jadapt/runtime.py): allocator, XLA:CPU scheduler, compilation cache."""
 from __future__ import annotations
 
 import json
@@ -57,7 +57,7 @@ def test_xla_flags_choice():
 
 
 _REMAT_TEMP = """
-import json, sys
+import json
 from jadapt import runtime
 runtime.apply_xla_flags()
 import jax, jax.numpy as jnp
