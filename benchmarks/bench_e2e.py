@@ -2,7 +2,8 @@
 length 128, batch 32, bottleneck 64, lr 1e-3, AdamW + linear schedule with 10 % warmup),
 ``jadapt train`` (length buckets) vs AdapterHub ``AdapterTrainer`` (dynamic padding), in
 fresh processes, ``--reps`` times each, interleaved (jadapt, peer, peer, jadapt, ...) so both
-sides see the same background load; wall time and final dev accuracy of each. jadapt's first
+sides see the same background load; wall time, peak memory (the child's ``ru_maxrss``) and
+final dev accuracy of each. jadapt's first
 run starts from an empty persistent compilation cache (cold), its later runs reuse it (warm):
 both are reported.
 
@@ -27,6 +28,20 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
+def run_child(cmd, env=None, capture=False) -> tuple[str, float, float]:
+    """Run ``cmd`` to the end: (stdout if ``capture``, wall seconds, peak RSS in MB of that
+    process; ``os.wait4`` reports the child's own ``ru_maxrss``, across the CLI's re-exec)."""
+    t0 = time.time()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE if capture else None, text=True)
+    out = proc.stdout.read() if capture else ""
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.time() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, cmd, out)
+    return out, wall, usage.ru_maxrss / 1024
+
+
 def run_jadapt(args, out: Path) -> dict:
     # The real subset jadapt draws differs from the peer's shuffle: both are seeded random 8k subsets.
     cmd = [sys.executable, "-m", "jadapt.cli", "train", "--task", "sst2", "--method", "pfeiffer", "--train-size",
@@ -35,11 +50,10 @@ def run_jadapt(args, out: Path) -> dict:
     # a fresh persistent compilation cache per benchmark: the first run compiles (cold), later
     # runs reuse its programs (warm), as a user's second run of the same shapes does
     env = dict(os.environ, JADAPT_COMPILATION_CACHE=str(out.parent / "xla_cache"))
-    t0 = time.time()
-    subprocess.run(cmd, check=True, env=env)
-    wall = time.time() - t0
+    _, wall, peak = run_child(cmd, env=env)
     m = json.loads((out / "metrics.json").read_text())
-    return {"side": "jadapt", "total_s": round(wall, 1), "dev_accuracy": m["accuracy"], "cmd": shlex.join(cmd[1:])}
+    return {"side": "jadapt", "total_s": round(wall, 1), "peak_mb": round(peak), "dev_accuracy": m["accuracy"],
+            "cmd": shlex.join(cmd[1:])}
 
 
 def run_peer(args, out: Path) -> dict:
@@ -47,10 +61,9 @@ def run_peer(args, out: Path) -> dict:
 
     cmd = [args.peer_python, str(HERE / "peers" / "e2e_adapters.py"), "--model", str(packaged_model_path()),
            "--data-dir", args.data_dir, "--train-size", str(args.train_size), "--out", str(out)]
-    t0 = time.time()
-    res = subprocess.run(cmd, check=True, capture_output=True, text=True)
-    line = [x for x in res.stdout.splitlines() if x.startswith("{")][-1]
-    return {**json.loads(line), "wall_s": round(time.time() - t0, 1)}
+    stdout, wall, peak = run_child(cmd, capture=True)
+    line = [x for x in stdout.splitlines() if x.startswith("{")][-1]
+    return {**json.loads(line), "wall_s": round(wall, 1), "peak_mb": round(peak)}
 
 
 def main(argv=None):
@@ -76,20 +89,25 @@ def main(argv=None):
     p_wall = statistics.median(x["wall_s"] for x in ps)
     p_train = statistics.median(x["train_s"] for x in ps)
     j = js[0]
+    p_mem = statistics.median(x["peak_mb"] for x in ps)
     accs = lambda runs: " / ".join(f"{x['dev_accuracy']:.4f}" for x in runs)  # noqa: E731
+    mems = lambda runs: " / ".join(f"{x['peak_mb']:,}" for x in runs)  # noqa: E731
+    mem_ratio = lambda runs: statistics.median(x["peak_mb"] for x in runs) / p_mem  # noqa: E731
     rows = [f"| jadapt train, first run (compiles; cold cache) | {cold:.1f} | {cold} | {accs(js[:1])} | "
-            f"**{cold / p_wall:.2f}** |"]
+            f"**{cold / p_wall:.2f}** | {mems(js[:1])} | {mem_ratio(js[:1]):.2f} |"]
     if warm:
         rows.append(f"| jadapt train, later runs (compiled programs from the persistent cache) | {warm_med:.1f} | "
-                    f"{' / '.join(str(w) for w in warm)} | {accs(js[1:])} | **{warm_med / p_wall:.2f}** |")
+                    f"{' / '.join(str(w) for w in warm)} | {accs(js[1:])} | **{warm_med / p_wall:.2f}** | "
+                    f"{mems(js[1:])} | {mem_ratio(js[1:]):.2f} |")
     rows.append(f"| adapters AdapterTrainer (dynamic padding; training {p_train:.1f} s) | {p_wall:.1f} | "
-                f"{' / '.join(str(x['wall_s']) for x in ps)} | {accs(ps)} | 1 |")
+                f"{' / '.join(str(x['wall_s']) for x in ps)} | {accs(ps)} | 1 | {mems(ps)} | 1 |")
     text = (f"# End to end: one SST-2 epoch, {args.train_size} examples (jadapt vs AdapterHub AdapterTrainer)\n\n"
             f"Command: `python benchmarks/bench_e2e.py --data-dir {args.data_dir} --reps {args.reps}`  \n"
             f"Date: {time.strftime('%Y-%m-%d %H:%M')}; {os.cpu_count()}-CPU machine; load average {load0:.1f} "
             f"before, {load1:.1f} after; {args.reps} runs per side, interleaved (jadapt, peer, peer, jadapt, ...).\n\n"
-            "| side | wall time, whole process (s), median | runs (s) | dev accuracy per run | jadapt / peer |\n"
-            "|---|---:|---|---|---:|\n" + "\n".join(rows) + "\n\n"
+            "| side | wall time, whole process (s), median | runs (s) | dev accuracy per run | jadapt / peer | "
+            "peak RSS per run (MB) | memory ratio (medians) |\n"
+            "|---|---:|---|---|---:|---|---:|\n" + "\n".join(rows) + "\n\n"
             "Wall time covers the whole process: imports, model load, tokenisation, compilation, training and the "
             "dev evaluation.  \n"
             f"jadapt command: `jadapt {j['cmd'].split(' ', 2)[2]}`\n")

@@ -1,7 +1,8 @@
 """jadapt train / eval step side by side with the PyTorch adapter libraries, on this machine.
 
-Rows: houlsby, pfeiffer (bottleneck 64), lora (r 8, query/value) and full fine-tuning, in
-fp32 and bf16 compute. jadapt runs what ``jadapt train`` runs (``load_pretrained`` +
+Rows: houlsby, pfeiffer (bottleneck 64), lora (r 8, query/value), full fine-tuning and
+AdapterFusion over 3 frozen Pfeiffer adapters (AdapterHub's ``dynamic`` fusion; fusion layers
+and head train), in fp32 and bf16 compute. jadapt runs what ``jadapt train`` runs (``load_pretrained`` +
 ``trainable_rules`` / ``split`` / ``make_optimizer`` + ``make_train_step`` / ``jit_steps``
 with the donated state, dropout on, tcmalloc preloaded as the CLI does); the peer runs
 benchmarks/peers/peer_step.py in the peers' venv (AdapterHub ``adapters``, ``peft``,
@@ -41,11 +42,12 @@ sys.path.insert(0, str(HERE))
 from flops import BERT_BASE, MINILM, Shape, step_flops  # noqa: E402
 from jadapt.models.config import ATTENTION_IMPLS  # noqa: E402
 
-METHODS = ("houlsby", "pfeiffer", "lora", "full")
+METHODS = ("houlsby", "pfeiffer", "lora", "full", "fusion")
+FUSED = ("a", "b", "c")  # the fusion row's three Pfeiffer adapters
 DTYPES = ("float32", "bfloat16")
 PEER_PACKAGES = ["torch==2.13.0", "transformers~=4.57.6", "adapters==1.3.0", "peft"]
 PEER_NAMES = {"houlsby": "adapters Houlsby", "pfeiffer": "adapters Pfeiffer", "lora": "peft LoRA",
-              "full": "transformers full"}
+              "full": "transformers full", "fusion": "adapters Fusion (3 Pfeiffer)"}
 
 
 # --------------------------------------------------------------------------- jadapt worker
@@ -80,16 +82,19 @@ def build_jadapt_steps(args):
 
     if args.method == "full":
         adapters = ()
+    elif args.method == "fusion":
+        adapters = tuple((n, preset("pfeiffer", bottleneck=args.bottleneck)) for n in FUSED)
     elif args.method == "lora":
         adapters = (("a", preset("lora", lora_r=8, lora_alpha=8.0)),)
     else:
         adapters = (("a", preset(args.method, bottleneck=args.bottleneck)),)
     head = HeadConfig(num_labels=2)
+    active = tuple(n for n, _ in adapters)[:1 if args.method == "fusion" else None]  # `fuse` activates all three
     remat = getattr(args, "remat", False)  # bench_gpu / profile_step build rows without the flag
     if args.model == "minilm" and args.model_path != "random":
         from jadapt.models.pretrained import load_pretrained
 
-        model, params = load_pretrained(adapters=adapters, head=head, compute_dtype=args.dtype,
+        model, params = load_pretrained(adapters=adapters, active=active, head=head, compute_dtype=args.dtype,
                                         attention=args.attention, remat=remat)
     else:  # a random model of the named shape (bench_gpu.py: the weights do not travel)
         from jadapt.models.config import EncoderConfig
@@ -98,9 +103,13 @@ def build_jadapt_steps(args):
         shape = MINILM if args.model == "minilm" else BERT_BASE
         cfg = EncoderConfig(hidden_size=shape["hidden"], num_layers=shape["layers"], num_heads=12,
                             intermediate_size=shape["intermediate"])
-        model = AdapterModel(cfg, adapters=adapters, active=tuple(n for n, _ in adapters), head=head,
+        model = AdapterModel(cfg, adapters=adapters, active=active, head=head,
                              compute_dtype=args.dtype, attention=args.attention, remat=remat)
         params = init_params(model, jax.random.key(0))
+    if args.method == "fusion":  # AdapterHub's add_adapter_fusion + train_adapter_fusion
+        from jadapt.fusion import fuse
+
+        model, params = fuse(model, params, FUSED, "dynamic", jax.random.key(1))
     names = [n for n, _ in adapters]
     ln = any(c.train_layer_norms for _, c in adapters)  # as `jadapt train` (Houlsby trains LayerNorms)
     labels = trainable_labels(params, trainable_rules(args.method, names, train_layer_norms=ln))

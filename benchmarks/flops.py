@@ -2,7 +2,8 @@
 
 Counted: every matmul at ``2 * m * n * k`` -- Q/K/V/output projections, FFN, attention
 scores and context (``4 * B * S^2 * d`` forward per layer), bottleneck adapters, LoRA
-pairs, the head. Backward: the weight gradient of each trainable matmul (1x its forward)
+pairs, AdapterFusion (K frozen adapters, then Q on the sublayer output and K / V on each
+adapter output: ``(1 + 2K) * 2 * T * d^2``, plus the K-way scores and weighted sum), the head. Backward: the weight gradient of each trainable matmul (1x its forward)
 and the input gradient wherever something trainable lies earlier in the forward order (1x;
 2x for the attention core, which has four backward products). LayerNorm, softmax, GELU,
 dropout, embeddings and AdamW are not counted (elementwise; a few % of the total).
@@ -25,7 +26,8 @@ MINILM = dict(layers=6, hidden=384, intermediate=1536)
 BERT_BASE = dict(layers=12, hidden=768, intermediate=3072)
 
 
-def _ops(s: Shape, method: str, bottleneck: int = 64, lora_r: int = 8) -> list[tuple[float, bool, bool]]:
+def _ops(s: Shape, method: str, bottleneck: int = 64, lora_r: int = 8,
+         fused: int = 3) -> list[tuple[float, bool, bool]]:
     """(forward flops, trainable weight, is attention core) in forward order."""
     t, d, f = s.batch * s.seq, s.hidden, s.intermediate
     full = method == "full"
@@ -43,6 +45,10 @@ def _ops(s: Shape, method: str, bottleneck: int = 64, lora_r: int = 8) -> list[t
         ops += [(mm(d, f), full, False), (mm(f, d), full, False)]
         if method in ("houlsby", "pfeiffer"):
             ops += [(mm(d, bottleneck), True, False), (mm(bottleneck, d), True, False)]
+        if method == "fusion":  # K frozen Pfeiffer adapters, then the fusion layer (trains)
+            ops += [(fused * mm(d, bottleneck), False, False), (fused * mm(bottleneck, d), False, False)]
+            ops += [(mm(d, d), True, False), (2 * fused * mm(d, d), True, False),
+                    (2 * fused * 2.0 * t * d, False, False)]  # Q; K and V per adapter; scores + sum
     ops += [(2.0 * s.batch * d * d, True, False), (2.0 * s.batch * d * 2, True, False)]
     return ops
 

@@ -44,11 +44,14 @@ _EXPORTS = {
     "make_train_step": "jadapt.train.step",
     "make_eval_step": "jadapt.train.step",
     "init_state": "jadapt.train.step",
+    "jit_steps": "jadapt.train.step",
+    "CompileAhead": "jadapt.train.ahead",
     "compute_metrics": "jadapt.train.metrics",
     # data
     "get_task": "jadapt.data",
     "load_split": "jadapt.data",
     "encode": "jadapt.data",
+    "prefetch": "jadapt.data",
     # checkpoints
     "save_adapter": "jadapt.checkpoint",
     "load_adapter": "jadapt.checkpoint",

@@ -65,6 +65,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--remat", action="store_true",
                    help="recompute each layer's activations in the backward pass "
                         "(MiniLM step: ~0.5x XLA temp memory, ~1.2x time)")
+    p.add_argument("--no-compile-ahead", action="store_true",
+                   help="compile each batch width's step when first met, not ahead in a background thread")
     p.add_argument("--no-progress", action="store_true")
     _add_common(p)
 
@@ -87,7 +89,7 @@ def run_train(args) -> dict:
         compute_dtype=args.compute_dtype, pooling=args.pooling, init_adapter=args.init_adapter,
         fusion_adapters=tuple(args.fusion_adapters), save_every=args.save_every,
         progress=not args.no_progress, sharding=args.sharding, attention=args.attention,
-        remat=args.remat,
+        remat=args.remat, compile_ahead=not args.no_compile_ahead,
     )
     result = fit(cfg)
     main = _main_metric(result)

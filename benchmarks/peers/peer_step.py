@@ -2,7 +2,9 @@
 
 The same train step a PyTorch user would run: AdapterHub ``adapters`` (Pfeiffer =
 ``SeqBnConfig``, Houlsby = ``DoubleSeqBnConfig``, bottleneck 64, ``train_adapter`` + a
-classification head), ``peft`` LoRA (r 8, alpha 8, query/value, no LoRA dropout), or plain
+classification head), ``peft`` LoRA (r 8, alpha 8, query/value, no LoRA dropout), AdapterFusion over three
+Pfeiffer adapters (``add_adapter_fusion(Fuse(...))`` + ``train_adapter_fusion``, the fusion
+regularisation added to the loss as ``AdapterTrainer`` adds it), or plain
 ``transformers`` full fine-tuning; forward + cross-entropy + backward + grad-norm clipping 1.0
 + ``torch.optim.AdamW``, dropout on. ``--dtype bfloat16`` runs forward and loss under
 ``torch.autocast(device, bfloat16)`` (what HF Trainer's ``bf16=True`` does). ``--device cuda``
@@ -52,6 +54,19 @@ def build(args):
         model.add_adapter("a", config=cls(reduction_factor=hidden / args.bottleneck))
         model.add_classification_head("a", num_labels=2)
         model.train_adapter("a")
+    elif args.method == "fusion":
+        import adapters
+        from adapters.composition import Fuse
+
+        model = (adapters.AutoAdapterModel.from_pretrained(path, config=config) if path
+                 else adapters.AutoAdapterModel.from_config(config))
+        for name in ("a", "b", "c"):
+            model.add_adapter(name, config=adapters.SeqBnConfig(reduction_factor=hidden / args.bottleneck))
+        fuse = Fuse("a", "b", "c")
+        model.add_adapter_fusion(fuse)  # AdapterHub's default "dynamic" config
+        model.add_classification_head("fusion_head", num_labels=2)
+        model.train_adapter_fusion(fuse)
+        model.active_head = "fusion_head"
     elif args.method == "lora":
         import peft
 
@@ -97,12 +112,15 @@ def main() -> None:
     batch = {k: v.to(dev) for k, v in batch.items()}
     labels = torch.randint(0, 2, (args.batch,), generator=g).to(dev)
     amp = args.dtype == "bfloat16"
+    fusion_reg = args.method == "fusion"
 
     def train_step():
         model.train()
         with torch.autocast(args.device, dtype=torch.bfloat16, enabled=amp):
             logits = model(**batch).logits
             loss = torch.nn.functional.cross_entropy(logits.float(), labels)
+        if fusion_reg:  # AdapterTrainer's callback backpropagates this term every step
+            loss = loss + model.base_model.get_fusion_regularization_loss()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         opt.step()

@@ -11,6 +11,7 @@ from jadapt.data.batching import (
     epoch_batches,
     epoch_plan,
     eval_batches,
+    first_batch_per_width,
     make_batch,
     num_batches,
 )
@@ -22,7 +23,8 @@ from jadapt.data.tokenize import encode, length_limit, load_tokenizer
 
 __all__ = [
     "DATA_DIR_ENV", "DEFAULT_BUCKETS", "TASKS", "TRACKS", "XNLI_LANGS", "TaskSpec",
-    "bucket_for", "bucket_sizes", "encode", "epoch_batches", "epoch_plan", "eval_batches", "get_task",
+    "bucket_for", "bucket_sizes", "encode", "epoch_batches", "epoch_plan", "eval_batches",
+    "first_batch_per_width", "get_task",
     "holdout_split", "k_shot", "length_limit", "load_split", "load_tokenizer", "make_batch", "num_batches",
     "num_rows", "prefetch", "read_jsonl", "resolve_data_dir", "subsample", "take", "tasks_in_track", "track_of",
 ]

@@ -98,6 +98,22 @@ def epoch_batches(data: Mapping[str, np.ndarray], batch_size: int, seed: int, ep
         yield make_batch(data, idx, batch_size, sizes, process_index, process_count)
 
 
+def first_batch_per_width(data: Mapping[str, np.ndarray], batch_size: int, seed: int, epoch: int,
+                          start_step: int = 0, buckets: Sequence[int] | None = None, sort_chunks: int | None = 64,
+                          drop_remainder: bool = False) -> dict[int, Batch]:
+    """{width: the first batch of that width} over what ``epoch_batches`` would yield, in the
+    order the widths first occur: one example per program a run compiles."""
+    plan = epoch_plan(data, batch_size, seed, epoch, True, sort_chunks, drop_remainder)
+    sizes = bucket_sizes(_width(data), buckets)
+    lengths = np.asarray(data["lengths"])
+    out: dict[int, Batch] = {}
+    for idx in plan[start_step:]:
+        width = bucket_for(int(lengths[idx].max()), sizes)
+        if width not in out:
+            out[width] = make_batch(data, idx, batch_size, sizes)
+    return out
+
+
 def eval_batches(data: Mapping[str, np.ndarray], batch_size: int, buckets: Sequence[int] | None = None,
                  sort_by_length: bool = False, process_index: int = 0, process_count: int = 1) -> Iterator[Batch]:
     """Every row exactly once, no shuffling, fixed shapes. ``sort_by_length`` orders rows by

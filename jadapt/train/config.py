@@ -46,6 +46,7 @@ class TrainConfig:
     save_every: int = 0  # steps between resumable checkpoints; 0 = at every epoch end
     progress: bool = True
     remat: bool = False
+    compile_ahead: bool = True  # compile each batch width's step in a background thread (jadapt.train.ahead)
     attention: str = "matmul"  # matmul | fused (jax.nn.dot_product_attention: cuDNN on GPUs; no attention dropout)
     sharding: str = "dp"  # dp | fsdp | tp | fsdp+tp over all local devices (jadapt.sharding)
 

@@ -119,14 +119,38 @@ def place_and_jit(cfg: TrainConfig, model, tx, task, state: dict, frozen: dict):
     train_step, eval_step = jit_steps(make_train_step(model, tx, regression=task.regression),
                                       make_eval_step(model, regression=task.regression), state_sharding=state_sh,
                                       frozen_sharding=frozen_sh, batch_sharding=bsh)
+    put = (lambda b: jax.device_put(b, bsh)) if bsh is not None else jax.device_put
     if jax.process_count() > 1:  # every process reads all rows; each feeds its slice of every batch
         from jadapt.distributed import global_batch, host_shard
 
         if bsh is None:
             raise ValueError(f"batch sizes must divide by the {n_data} data-parallel devices across hosts")
-        feed = lambda b: global_batch(host_shard(b, mesh), mesh)  # noqa: E731
-        return (lambda s, f, b: train_step(s, f, feed(b))), (lambda t, f, b: eval_step(t, f, feed(b))), state, frozen
-    return train_step, eval_step, state, frozen
+        put = lambda b: global_batch(host_shard(b, mesh), mesh)  # noqa: E731
+        return train_step, (lambda t, f, b: eval_step(t, f, put(b))), state, frozen, put
+    return train_step, eval_step, state, frozen, put
+
+
+def compile_ahead(train_step, eval_step, state: dict, frozen: dict, put, train: dict, dev: dict,
+                  cfg: TrainConfig, epoch: int, start_step: int):
+    """Start compiling the train step for every batch width of this epoch (in the order the
+    loop meets them) and the eval step for the dev set's widths, in a background thread
+    (``jadapt.train.ahead``). Keys: ("train" | "eval", width)."""
+    from jadapt import data
+    from jadapt.train.ahead import CompileAhead, abstract
+
+    state_spec, frozen_spec = abstract(state), abstract(frozen)
+    jobs = []
+    for width, batch in data.first_batch_per_width(train, cfg.batch_size, seed=cfg.seed, epoch=epoch,
+                                                   start_step=start_step, buckets=cfg.buckets).items():
+        jobs.append((("train", width), train_step, (state_spec, frozen_spec, abstract(put(batch)))))
+    if hasattr(eval_step, "lower"):  # single process: the eval step takes host batches
+        seen = set()
+        for batch in data.eval_batches(dev, cfg.eval_batch_size, buckets=cfg.buckets, sort_by_length=True):
+            width = batch["input_ids"].shape[1]
+            if width not in seen:
+                seen.add(width)
+                jobs.append((("eval", width), eval_step, (state_spec["trainable"], frozen_spec, abstract(batch))))
+    return CompileAhead(jobs)
 
 
 # ---------------------------------------------------------------- evaluation
@@ -192,7 +216,13 @@ def fit(cfg: TrainConfig) -> dict:
         state = ckpt.restore(start, like=state)
     start = int(state["step"])
 
-    train_step, eval_step, state, frozen = place_and_jit(cfg, model, tx, task, state, frozen)
+    train_step, eval_step, state, frozen, put = place_and_jit(cfg, model, tx, task, state, frozen)
+    stop_at = total_steps if cfg.max_steps is None else min(total_steps, cfg.max_steps)
+    ahead = None
+    if cfg.compile_ahead and start < stop_at:
+        ahead = compile_ahead(train_step, eval_step, state, frozen, put, train, dev, cfg,
+                              *divmod(start, steps_per_epoch))
+        train_step, eval_step = ahead.waiting(train_step, "train"), ahead.waiting(eval_step, "eval")
 
     # --- epochs
     from jadapt.distributed import is_coordinator
@@ -203,37 +233,42 @@ def fit(cfg: TrainConfig) -> dict:
     if (out / "best_metrics.json").is_file():
         best_metrics = json.loads((out / "best_metrics.json").read_text())
         best = best_metrics[task.metrics[0]]
-    stop_at = total_steps if cfg.max_steps is None else min(total_steps, cfg.max_steps)
     bar = _progress(cfg.progress, total_steps, start)
     step = start
-    while step < stop_at:
-        epoch, in_epoch = divmod(step, steps_per_epoch)
-        for batch in data.epoch_batches(train, cfg.batch_size, seed=cfg.seed, epoch=epoch, start_step=in_epoch,
-                                        buckets=cfg.buckets):
-            state, m = train_step(state, frozen, batch)
-            step, in_epoch = step + 1, in_epoch + 1
-            bar.update(1)
-            if step % 10 == 0 or step == stop_at:
-                rec = {"step": step, "epoch": epoch, "loss": float(m["loss"]), "lr": learning_rate_now(state["opt_state"])}
-                log.write(json.dumps(rec) + "\n")
-                bar.set_postfix(loss=f"{rec['loss']:.4f}")
-            if cfg.save_every and step % cfg.save_every == 0:
-                ckpt.save(step, state, metadata)
-            if step >= stop_at:
-                break
-        if in_epoch >= steps_per_epoch or step >= total_steps:  # an epoch (or the run) ended
-            metrics = evaluate(eval_step, state["trainable"], frozen, dev, task, cfg.eval_batch_size, cfg.buckets)
-            metrics.update(step=step, epoch=round(step / steps_per_epoch, 4))
-            history.append(metrics)
-            log.write(json.dumps({"eval": metrics}) + "\n")
-            if metrics[task.metrics[0]] > best:
-                best, best_metrics = metrics[task.metrics[0]], metrics
-                if is_coordinator():
-                    save_adapter(best_path, adapter_to_save(state["trainable"], frozen, model),
-                                 {**metadata, "metrics": metrics})
-                    (out / "best_metrics.json").write_text(json.dumps(metrics, indent=1))
-        log.flush()
-        ckpt.save(step, state, metadata)
+    try:
+        while step < stop_at:
+            epoch, in_epoch = divmod(step, steps_per_epoch)
+            batches = data.epoch_batches(train, cfg.batch_size, seed=cfg.seed, epoch=epoch, start_step=in_epoch,
+                                         buckets=cfg.buckets)
+            for batch in data.prefetch(batches, put):
+                state, m = train_step(state, frozen, batch)
+                step, in_epoch = step + 1, in_epoch + 1
+                bar.update(1)
+                if step % 10 == 0 or step == stop_at:
+                    rec = {"step": step, "epoch": epoch, "loss": float(m["loss"]),
+                           "lr": learning_rate_now(state["opt_state"])}
+                    log.write(json.dumps(rec) + "\n")
+                    bar.set_postfix(loss=f"{rec['loss']:.4f}")
+                if cfg.save_every and step % cfg.save_every == 0:
+                    ckpt.save(step, state, metadata)
+                if step >= stop_at:
+                    break
+            if in_epoch >= steps_per_epoch or step >= total_steps:  # an epoch (or the run) ended
+                metrics = evaluate(eval_step, state["trainable"], frozen, dev, task, cfg.eval_batch_size, cfg.buckets)
+                metrics.update(step=step, epoch=round(step / steps_per_epoch, 4))
+                history.append(metrics)
+                log.write(json.dumps({"eval": metrics}) + "\n")
+                if metrics[task.metrics[0]] > best:
+                    best, best_metrics = metrics[task.metrics[0]], metrics
+                    if is_coordinator():
+                        save_adapter(best_path, adapter_to_save(state["trainable"], frozen, model),
+                                     {**metadata, "metrics": metrics})
+                        (out / "best_metrics.json").write_text(json.dumps(metrics, indent=1))
+            log.flush()
+            ckpt.save(step, state, metadata)
+    finally:  # a failed run must not leave a compile running into interpreter exit
+        if ahead is not None:
+            ahead.close()
     bar.close()
     ckpt.close()
     log.close()
