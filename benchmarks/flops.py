@@ -2,8 +2,9 @@
 
 Counted: every matmul at ``2 * m * n * k`` -- Q/K/V/output projections, FFN, attention
 scores and context (``4 * B * S^2 * d`` forward per layer), bottleneck adapters, LoRA
-pairs, AdapterFusion (K frozen adapters, then Q on the sublayer output and K / V on each
-adapter output: ``(1 + 2K) * 2 * T * d^2``, plus the K-way scores and weighted sum), the head. Backward: the weight gradient of each trainable matmul (1x its forward)
+pairs, AdapterFusion as jadapt computes it (K frozen adapters, then three d x d products per
+token: Q, the key kernel moved to the query side, V on the weighted sum -- AdapterHub's form
+projects every adapter output, ``(1 + 2K) d^2``; jadapt.fusion.layer), the head. Backward: the weight gradient of each trainable matmul (1x its forward)
 and the input gradient wherever something trainable lies earlier in the forward order (1x;
 2x for the attention core, which has four backward products). LayerNorm, softmax, GELU,
 dropout, embeddings and AdamW are not counted (elementwise; a few % of the total).
@@ -47,8 +48,7 @@ def _ops(s: Shape, method: str, bottleneck: int = 64, lora_r: int = 8,
             ops += [(mm(d, bottleneck), True, False), (mm(bottleneck, d), True, False)]
         if method == "fusion":  # K frozen Pfeiffer adapters, then the fusion layer (trains)
             ops += [(fused * mm(d, bottleneck), False, False), (fused * mm(bottleneck, d), False, False)]
-            ops += [(mm(d, d), True, False), (2 * fused * mm(d, d), True, False),
-                    (2 * fused * 2.0 * t * d, False, False)]  # Q; K and V per adapter; scores + sum
+            ops += [(mm(d, d), True, False)] * 3  # Q, W_k Q(q), V (K-way scores and sum: elementwise)
     ops += [(2.0 * s.batch * d * d, True, False), (2.0 * s.batch * d * 2, True, False)]
     return ops
 
