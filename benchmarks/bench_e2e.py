@@ -31,14 +31,17 @@ HERE = Path(__file__).resolve().parent
 def run_child(cmd, env=None, capture=False) -> tuple[str, float, float]:
     """Run ``cmd`` to the end: (stdout if ``capture``, wall seconds, peak RSS in MB of that
     process; ``os.wait4`` reports the child's own ``ru_maxrss``, across the CLI's re-exec)."""
-    t0 = time.time()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE if capture else None, text=True)
-    out = proc.stdout.read() if capture else ""
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.time() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode:
-        raise subprocess.CalledProcessError(proc.returncode, cmd, out)
+    with tempfile.TemporaryFile("w+") as err:  # captured output stays off the terminal, kept for errors
+        t0 = time.time()
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE if capture else None,
+                                stderr=err if capture else None, text=True)
+        out = proc.stdout.read() if capture else ""
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.time() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode:
+            err.seek(0)
+            raise subprocess.CalledProcessError(proc.returncode, cmd, out, err.read()[-3000:])
     return out, wall, usage.ru_maxrss / 1024
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from jadapt.data.batching import epoch_batches, first_batch_per_width
-from jadapt.train.ahead import CompileAhead, abstract, first_seen
+from jadapt.train.ahead import CompileAhead, abstract
 from jadapt.train.config import TrainConfig
 from jadapt.train.loop import fit
 from test_recompile import _COUNTER, _data, _steps
@@ -22,7 +22,7 @@ from test_recompile import _COUNTER, _data, _steps
 def test_first_batch_per_width_follows_the_epoch():
     data = _data()
     batches = list(epoch_batches(data, batch_size=8, seed=3, epoch=1, start_step=1, buckets=(16, 32, 64)))
-    widths = first_seen(b["input_ids"].shape[1] for b in batches)
+    widths = list(dict.fromkeys(b["input_ids"].shape[1] for b in batches))  # in first-seen order
     firsts = first_batch_per_width(data, batch_size=8, seed=3, epoch=1, start_step=1, buckets=(16, 32, 64))
     assert list(firsts) == widths and len(widths) >= 2
     for w, batch in firsts.items():

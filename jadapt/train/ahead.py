@@ -14,7 +14,7 @@ A failed compile is dropped silently: the loop's own call then compiles (or rais
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Hashable, Iterable, Sequence
+from typing import Any, Callable, Hashable, Sequence
 
 import jax
 
@@ -79,8 +79,3 @@ class CompileAhead:
         """Skip what is not started yet and wait for the compile in progress."""
         self._stop.set()
         self._thread.join()
-
-
-def first_seen(keys: Iterable[Hashable]) -> list[Hashable]:
-    """Distinct keys in the order they first occur."""
-    return list(dict.fromkeys(keys))
