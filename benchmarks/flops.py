@@ -48,7 +48,7 @@ def _ops(s: Shape, method: str, bottleneck: int = 64, lora_r: int = 8,
             ops += [(mm(d, bottleneck), True, False), (mm(bottleneck, d), True, False)]
         if method == "fusion":  # K frozen Pfeiffer adapters, then the fusion layer (trains)
             ops += [(fused * mm(d, bottleneck), False, False), (fused * mm(bottleneck, d), False, False)]
-            ops += [(mm(d, d), True, False)] * 3  # Q, W_k Q(q), V (K-way scores and sum: elementwise)
+            ops += [(mm(d, d), True, False)] * 3  # Q, W_k Q(q), V (the K-way scores and sum are vector products: not counted)
     ops += [(2.0 * s.batch * d * d, True, False), (2.0 * s.batch * d * 2, True, False)]
     return ops
 

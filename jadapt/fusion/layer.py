@@ -18,11 +18,11 @@ are linear, so here the key projection moves to the query side,
 once to the weighted sum: the same function for either ``value_before_softmax``, at
 3 d^2 per token whatever K.
 
-The K-way products (scores, weighted sum: 2 K d per token) are fp32 multiply-and-sum, not
-dots: tiny next to the projections and exact. Under ``compute_dtype="bfloat16"`` on XLA:CPU,
-every dot must keep a form its bf16 x bf16 -> fp32 kernel takes (else the step fails with
-``Unsupported element type for DotThunk``): hence the sums, and the key kernel's transpose
-kept a separate copy.
+Every product that is not a plain ``x @ kernel`` goes through ``jadapt.models.layers.einsum``
+(the key kernel used transposed, the key bias, the K-way scores and sum): on XLA:CPU it keeps
+each dot, and its gradients, in a form the bf16 x bf16 -> fp32 kernel takes; written as
+``matmul(q, w_k.T)`` the weight gradient became a doubly transposed dot and a bf16 train step
+failed with ``Unsupported element type for DotThunk``.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from jadapt.fusion.config import TEMPERATURE_START, FusionConfig
-from jadapt.models.layers import Dense, Dropout, matmul, on_cpu, operand_dtype
+from jadapt.models.layers import Dense, Dropout, einsum, matmul
 
 
 def identity_init(key, shape, dtype=jnp.float32):
@@ -42,11 +42,6 @@ def identity_init(key, shape, dtype=jnp.float32):
     if len(shape) != 2 or shape[0] != shape[1]:
         raise ValueError(f"identity init needs a square kernel, got shape {shape}")
     return jnp.full(shape, 1e-6, dtype).at[jnp.diag_indices(shape[0])].set(1.0)
-
-
-def _dot_k(q, values):
-    """``q . u_k`` for each of the K adapter outputs: [b, s, d] x [b, s, K, d] -> [b, s, K], fp32."""
-    return (q.astype(jnp.float32)[..., None, :] * values.astype(jnp.float32)).sum(-1)
 
 
 class _Weights(nn.Module):
@@ -91,18 +86,14 @@ class FusionLayer(nn.Module):
         q = Dense(d, compute_dtype=cdt, kernel_init=bert, name="query")(query) if cfg.query else query
         if cfg.key:
             w_k, b_k = _Weights(d, True, bert, name="key")(d)
-            w_kt = w_k.T
-            if operand_dtype(cdt) == jnp.bfloat16 and on_cpu():
-                # a copy, not a transpose folded into the weight-gradient dot: XLA:CPU has no
-                # bf16 kernel for that doubly transposed dot
-                w_kt = jax.lax.optimization_barrier(w_kt)
-            scores = _dot_k(matmul(q, w_kt, cdt), values) + (q.astype(jnp.float32) @ b_k)[..., None]
+            q_k = einsum("bsd,ed->bse", q, w_k, cdt)  # W_k Q(q): the key kernel [in, out] used transposed
+            scores = einsum("bsd,bskd->bsk", q_k, values, cdt) + einsum("bsd,d->bs", q, b_k, cdt)[..., None]
         else:
-            scores = _dot_k(q, values)
+            scores = einsum("bsd,bskd->bsk", q, values, cdt)
         scores = Dropout(cfg.dropout_prob or 0.0)(scores, deterministic)
         probs = jax.nn.softmax(scores / self._temperature(), axis=-1)
         self.sow("intermediates", "attention", probs)
-        out = (probs[..., None] * values.astype(jnp.float32)).sum(-2)  # sum_k p_k u_k
+        out = einsum("bsk,bskd->bsd", probs, values, cdt)
         if cfg.value:  # before or after the softmax-weighted sum: the same linear map
             w_v, _ = _Weights(d, False, identity_init if cfg.value_initialized else bert, name="value")(d)
             out = matmul(out, w_v, cdt)
