@@ -20,6 +20,8 @@ _EXPORTS = {
     "EncoderConfig": "jadapt.models.config",
     "COMPUTE_DTYPES": "jadapt.models.config",
     "fused_attention": "jadapt.models.encoder",
+    "matmul_attention": "jadapt.models.attention",
+    "dropout": "jadapt.models.layers",
     "AdapterModel": "jadapt.models.model",
     "HeadConfig": "jadapt.models.model",
     "load_pretrained": "jadapt.models.pretrained",

@@ -56,8 +56,9 @@ def load_model(directory: str | os.PathLike, *, base_model: Optional[str] = None
     expected = param_shapes(model)
     params = overlay(convert_state_dict(state_dict, expected), saved, expected, where, active)
     _check_encoder(meta.get("encoder_config"), config, base, where)  # after overlay: shape errors name leaves
-    if len(tree.flatten(params)) < len(expected):
-        params = tree.merge(init_params(model, jax.random.key(seed)), params)
+    missing = [p for p in expected if p not in tree.flatten(params)]
+    if missing:
+        params = tree.merge(init_params(model, jax.random.key(seed), paths=missing), params)
     return model, jax.tree_util.tree_map(jnp.asarray, params), meta
 
 

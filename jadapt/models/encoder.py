@@ -25,7 +25,8 @@ from jadapt.adapters.bottleneck import AdapterSite
 from jadapt.adapters.config import AdapterConfig
 from jadapt.adapters.lora import LoraBank
 from jadapt.models.config import EncoderConfig
-from jadapt.models.layers import Dense, Dropout, LayerNorm, activation, einsum, operand_dtype
+from jadapt.models.attention import matmul_attention
+from jadapt.models.layers import Dense, Dropout, LayerNorm, activation, operand_dtype
 
 AdapterSpecs = tuple[tuple[str, AdapterConfig], ...]
 
@@ -97,10 +98,9 @@ class SelfAttention(nn.Module):
             ctx = fused_attention(q.astype(dt), k.astype(dt), v.astype(dt), mask_bias == 0)
             ctx = ctx.reshape(b, s, cfg.hidden_size)  # in the operand dtype: the output Dense rounds to it
         else:
-            scores = einsum("bqhd,bkhd->bhqk", q, k, cdt) + mask_bias
-            probs = jax.nn.softmax(scores, axis=-1)
-            probs = Dropout(cfg.attention_dropout)(probs, deterministic)
-            ctx = einsum("bhqk,bkhd->bqhd", probs, v, cdt).reshape(b, s, cfg.hidden_size)
+            drop = Dropout(cfg.attention_dropout)
+            ctx = matmul_attention(q, k, v, mask_bias, drop.seeds(deterministic), drop.rate, cdt)
+            ctx = ctx.reshape(b, s, cfg.hidden_size)
         return _project(self, ctx, cfg.hidden_size, "output", "attention_output", self.adapters,
                         self.active, cdt, init, deterministic)
 

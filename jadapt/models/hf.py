@@ -12,7 +12,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -95,18 +95,20 @@ def resolve_model_path(name_or_path: str | os.PathLike | None) -> Path:
         raise FileNotFoundError(f"model {s} is neither a local directory nor a reachable hub id ({e})") from e
 
 
-def read_state_dict(model_dir: str | os.PathLike) -> dict[str, np.ndarray]:
-    """All tensors of a HF checkpoint as fp32 numpy: ``model.safetensors`` (sharded too),
+def iter_state_dict(model_dir: str | os.PathLike) -> Iterator[tuple[str, np.ndarray]]:
+    """(name, fp32 numpy tensor) pairs of a HF checkpoint, one at a time: ``model.safetensors``
+    (sharded too) is read tensor by tensor, so converting it never holds the file twice;
     else ``pytorch_model.bin`` (needs torch)."""
     d = Path(model_dir)
     shards = sorted(d.glob("model*.safetensors"))
     if shards:
-        from safetensors.numpy import load_file
+        from safetensors import safe_open
 
-        out: dict[str, np.ndarray] = {}
         for f in shards:
-            out.update(load_file(str(f)))
-        return out
+            with safe_open(str(f), framework="numpy") as fh:
+                for name in fh.keys():
+                    yield name, fh.get_tensor(name)
+        return
     if (d / "pytorch_model.bin").is_file():
         try:
             import torch
@@ -115,18 +117,28 @@ def read_state_dict(model_dir: str | os.PathLike) -> dict[str, np.ndarray]:
                 f"{d} has only pytorch_model.bin; install torch (pip install torch==2.13.0) or convert to safetensors"
             ) from e
         sd = torch.load(str(d / "pytorch_model.bin"), map_location="cpu", weights_only=True)
-        return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in sd.items()}
+        for k in list(sd):
+            v = sd.pop(k)
+            yield k, v.float().numpy() if v.is_floating_point() else v.numpy()
+        return
     raise FileNotFoundError(f"model directory {d} has no weights (model.safetensors or pytorch_model.bin)")
 
 
-def convert_state_dict(state: Mapping[str, np.ndarray], expected: Mapping[str, tuple]) -> dict:
-    """HF tensors -> jadapt params restricted to ``expected`` ({path: shape}).
+def read_state_dict(model_dir: str | os.PathLike) -> dict[str, np.ndarray]:
+    """All tensors of a HF checkpoint as fp32 numpy (``iter_state_dict``, in one dict)."""
+    return dict(iter_state_dict(model_dir))
+
+
+def convert_state_dict(state: Mapping[str, np.ndarray] | Iterable[tuple[str, np.ndarray]],
+                       expected: Mapping[str, tuple]) -> dict:
+    """HF tensors (a dict, or ``iter_state_dict``'s pairs) -> jadapt params restricted to
+    ``expected`` ({path: shape}).
 
     Raises one ValueError listing every shape mismatch and every expected backbone path
     the checkpoint lacks (head and adapter paths may be missing: they are new).
     """
     out, errors = {}, []
-    for raw_name, value in state.items():
+    for raw_name, value in (state.items() if isinstance(state, Mapping) else state):
         name = _PREFIX.sub("", raw_name)
         if IGNORED.match(name):
             continue

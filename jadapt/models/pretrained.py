@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Optional
+from typing import Iterable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -14,19 +14,27 @@ import jax.numpy as jnp
 from jadapt import tree
 from jadapt.adapters.config import AdapterConfig
 from jadapt.models.config import EncoderConfig
-from jadapt.models.hf import convert_state_dict, read_state_dict, resolve_model_path
+from jadapt.models.hf import convert_state_dict, iter_state_dict, resolve_model_path
 from jadapt.models.model import AdapterModel, HeadConfig
 
 
-def init_params(model: AdapterModel, rng: jax.Array, seq_len: int = 8) -> dict:
-    """Fresh random params for every leaf of ``model`` (jit-compiled init)."""
+def init_params(model: AdapterModel, rng: jax.Array, seq_len: int = 8, *,
+                paths: Optional[Iterable[str]] = None) -> dict:
+    """Fresh random params for every leaf of ``model`` (jit-compiled init), or only for
+    ``paths``: the same values, and XLA drops the rest's random draws (a pretrained
+    backbone is not drawn only to be overwritten)."""
     ids = jnp.ones((1, seq_len), jnp.int32)
+    keep = None if paths is None else frozenset(paths)
 
     @jax.jit
     def _init(key):
-        return model.init({"params": key}, ids, jnp.ones_like(ids))["params"]
+        params = model.init({"params": key}, ids, jnp.ones_like(ids))["params"]
+        if keep is None:
+            return params
+        return {p: x for p, x in tree.flatten(params).items() if p in keep}
 
-    return jax.tree_util.tree_map(lambda x: x, _init(rng))
+    out = jax.tree_util.tree_map(lambda x: x, _init(rng))
+    return out if keep is None else tree.unflatten(out)
 
 
 def param_shapes(model: AdapterModel, seq_len: int = 8) -> dict[str, tuple]:
@@ -62,8 +70,11 @@ def load_pretrained(
         remat=remat,
         attention=attention,
     )
-    fresh = init_params(model, jax.random.key(seed))  # its shapes tell the loader what to expect
-    loaded = convert_state_dict(read_state_dict(path), {p: tuple(x.shape) for p, x in tree.flatten(fresh).items()})
+    shapes = param_shapes(model)
+    loaded = convert_state_dict(iter_state_dict(path), shapes)  # tensor by tensor: one copy in memory
+    have = tree.flatten(loaded)
+    missing = [p for p in shapes if p not in have]  # adapters, head
+    fresh = init_params(model, jax.random.key(seed), paths=missing) if missing else {}
     return model, tree.merge(fresh, loaded)
 
 
