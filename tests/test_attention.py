@@ -175,8 +175,8 @@ sys.path.insert(0, sys.argv[1])
 if sys.argv[2] == "plain":
     from test_attention import _plain_attention
     encoder.matmul_attention = _plain_attention
-cfg = EncoderConfig(vocab_size=120, hidden_size=int(sys.argv[3]), num_layers=3, num_heads=int(sys.argv[4]),
-                    intermediate_size=4 * int(sys.argv[3]), max_position_embeddings=128)
+cfg = EncoderConfig(vocab_size=120, hidden_size=128, num_layers=3, num_heads=4, intermediate_size=512,
+                    max_position_embeddings=128)
 model = AdapterModel(cfg, adapters=(("a", preset("pfeiffer", bottleneck=8)),), active=("a",),
                      head=HeadConfig(num_labels=2))
 params = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
@@ -185,8 +185,8 @@ trainable, frozen = split(params, labels)
 tx = make_optimizer(split(labels, labels)[0], 1e-3)
 state = jax.eval_shape(lambda t: init_state(t, tx, 0), trainable)
 spec = jax.ShapeDtypeStruct
-batch = {k: spec((int(sys.argv[5]), 128), jnp.int32) for k in ("input_ids", "attention_mask", "token_type_ids")}
-batch.update(labels=spec((int(sys.argv[5]),), jnp.int32), weight=spec((int(sys.argv[5]),), jnp.float32))
+batch = {k: spec((8, 128), jnp.int32) for k in ("input_ids", "attention_mask", "token_type_ids")}
+batch.update(labels=spec((8,), jnp.int32), weight=spec((8,), jnp.float32))
 step = jax.jit(make_train_step(model, tx, regression=False), donate_argnums=0)
 print(step.lower(state, frozen, batch).compile().memory_analysis().temp_size_in_bytes)
 """
@@ -204,7 +204,7 @@ def _train_step_temp_bytes(form: str) -> int:
     from jadapt import runtime
 
     env = dict(os.environ, XLA_FLAGS=runtime.xla_flags({}, accelerator=False), JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-c", _TEMP_SCRIPT, str(Path(__file__).parent), form, "128", "4", "8"], env=env,
+    out = subprocess.run([sys.executable, "-c", _TEMP_SCRIPT, str(Path(__file__).parent), form], env=env,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     return int(out.stdout.split()[-1])
@@ -215,5 +215,5 @@ def test_lean_attention_backward_shrinks_the_compiled_train_step():
     the backward pass and kept them alive (one attention tensor more per layer than plain
     autodiff). Measured here: 1.8 attention tensors less over the two layers that backprop."""
     lean, plain = _train_step_temp_bytes("lean"), _train_step_temp_bytes("plain")
-    probs = 8 * 4 * 128 * 128 * 4  # batch x heads x seq x seq, fp32
+    probs = 8 * 4 * 128 * 128 * 4  # batch x heads x seq x seq (the script's model), fp32
     assert plain - lean >= probs, (plain, lean)

@@ -36,9 +36,9 @@ def load_model(directory: str | os.PathLike, *, base_model: Optional[str] = None
     import jax
 
     from jadapt.models.config import EncoderConfig
-    from jadapt.models.hf import convert_state_dict, read_state_dict, resolve_model_path
+    from jadapt.models.hf import convert_state_dict, iter_state_dict, resolve_model_path
     from jadapt.models.model import AdapterModel
-    from jadapt.models.pretrained import init_params, param_shapes
+    from jadapt.models.pretrained import param_shapes, with_fresh_leaves
 
     saved, meta = load_adapter(directory)
     where = f"checkpoint {os.fspath(directory)}"
@@ -47,7 +47,7 @@ def load_model(directory: str | os.PathLike, *, base_model: Optional[str] = None
     try:
         path = resolve_model_path(base)
         config = EncoderConfig.from_pretrained(path)
-        state_dict = read_state_dict(path)
+        state_dict = iter_state_dict(path)  # read tensor by tensor in convert_state_dict
     except (FileNotFoundError, OSError) as e:
         raise FileNotFoundError(f"{where} was trained on base model {base!r}, which cannot be found ({e}); "
                                 "pass base_model=<local HF model dir> to load it against a copy") from e
@@ -56,9 +56,7 @@ def load_model(directory: str | os.PathLike, *, base_model: Optional[str] = None
     expected = param_shapes(model)
     params = overlay(convert_state_dict(state_dict, expected), saved, expected, where, active)
     _check_encoder(meta.get("encoder_config"), config, base, where)  # after overlay: shape errors name leaves
-    missing = [p for p in expected if p not in tree.flatten(params)]
-    if missing:
-        params = tree.merge(init_params(model, jax.random.key(seed), paths=missing), params)
+    params = with_fresh_leaves(model, params, expected, jax.random.key(seed))
     return model, jax.tree_util.tree_map(jnp.asarray, params), meta
 
 

@@ -95,7 +95,7 @@ def build_model(bundle: AdapterBundle, base_model: Optional[str | os.PathLike] =
     import jax.numpy as jnp
 
     from jadapt.models.config import EncoderConfig
-    from jadapt.models.hf import convert_state_dict, read_state_dict
+    from jadapt.models.hf import convert_state_dict, iter_state_dict
     from jadapt.models.model import AdapterModel
     from jadapt.models.pretrained import param_shapes
 
@@ -103,7 +103,7 @@ def build_model(bundle: AdapterBundle, base_model: Optional[str | os.PathLike] =
     model = AdapterModel(EncoderConfig.from_pretrained(base), adapters=((bundle.name, bundle.config),),
                          active=(bundle.name,), head=bundle.head, compute_dtype=compute_dtype)
     expected = param_shapes(model)
-    flat = tree.flatten(convert_state_dict(read_state_dict(base), expected))
+    flat = tree.flatten(convert_state_dict(iter_state_dict(base), expected))
     errors = []
     for path, value in tree.flatten(bundle.params).items():
         if path not in expected:

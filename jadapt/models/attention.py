@@ -17,7 +17,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from jadapt.models.layers import dropout, einsum, keep_mask, operand_dtype
+from jadapt.models.layers import dropout, einsum, keep_mask, operand_dtype, rounded_residuals
 
 _SCORES, _CONTEXT = "bqhd,bkhd->bhqk", "bhqk,bkhd->bqhd"
 
@@ -47,9 +47,8 @@ def _attention(q, k, v, bias, seeds, rate, cdt):
 def _attention_fwd(q, k, v, bias, seeds, rate, cdt):
     p = _probs(q, k, bias, cdt)
     out = einsum(_CONTEXT, _dropped(p, seeds, rate), v, cdt)
-    dt = operand_dtype(cdt)  # bf16 policy: the matmul operands are bf16 anyway, half the memory
-    dtypes = (jnp.zeros((0,), q.dtype), jnp.zeros((0,), k.dtype), jnp.zeros((0,), v.dtype))
-    return out, (q.astype(dt), k.astype(dt), v.astype(dt), p, seeds, dtypes)
+    (rq, rk, rv), marks = rounded_residuals(operand_dtype(cdt), q, k, v)
+    return out, (rq, rk, rv, p, seeds, marks)
 
 
 def _attention_bwd(rate, cdt, res, g):

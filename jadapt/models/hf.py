@@ -98,17 +98,12 @@ def resolve_model_path(name_or_path: str | os.PathLike | None) -> Path:
 def iter_state_dict(model_dir: str | os.PathLike) -> Iterator[tuple[str, np.ndarray]]:
     """(name, fp32 numpy tensor) pairs of a HF checkpoint, one at a time: ``model.safetensors``
     (sharded too) is read tensor by tensor, so converting it never holds the file twice;
-    else ``pytorch_model.bin`` (needs torch)."""
+    else ``pytorch_model.bin`` (needs torch). A folder without weights, or a ``.bin`` without
+    torch, raises here, before the first tensor is asked for."""
     d = Path(model_dir)
     shards = sorted(d.glob("model*.safetensors"))
     if shards:
-        from safetensors import safe_open
-
-        for f in shards:
-            with safe_open(str(f), framework="numpy") as fh:
-                for name in fh.keys():
-                    yield name, fh.get_tensor(name)
-        return
+        return _safetensors_items(shards)
     if (d / "pytorch_model.bin").is_file():
         try:
             import torch
@@ -116,12 +111,23 @@ def iter_state_dict(model_dir: str | os.PathLike) -> Iterator[tuple[str, np.ndar
             raise FileNotFoundError(
                 f"{d} has only pytorch_model.bin; install torch (pip install torch==2.13.0) or convert to safetensors"
             ) from e
-        sd = torch.load(str(d / "pytorch_model.bin"), map_location="cpu", weights_only=True)
-        for k in list(sd):
-            v = sd.pop(k)
-            yield k, v.float().numpy() if v.is_floating_point() else v.numpy()
-        return
+        return _torch_items(torch.load(str(d / "pytorch_model.bin"), map_location="cpu", weights_only=True))
     raise FileNotFoundError(f"model directory {d} has no weights (model.safetensors or pytorch_model.bin)")
+
+
+def _safetensors_items(shards) -> Iterator[tuple[str, np.ndarray]]:
+    from safetensors import safe_open
+
+    for f in shards:
+        with safe_open(str(f), framework="numpy") as fh:
+            for name in fh.keys():
+                yield name, fh.get_tensor(name)
+
+
+def _torch_items(sd: dict) -> Iterator[tuple[str, np.ndarray]]:
+    for k in list(sd):
+        v = sd.pop(k)
+        yield k, v.float().numpy() if v.is_floating_point() else v.numpy()
 
 
 def read_state_dict(model_dir: str | os.PathLike) -> dict[str, np.ndarray]:

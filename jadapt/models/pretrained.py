@@ -72,10 +72,15 @@ def load_pretrained(
     )
     shapes = param_shapes(model)
     loaded = convert_state_dict(iter_state_dict(path), shapes)  # tensor by tensor: one copy in memory
-    have = tree.flatten(loaded)
-    missing = [p for p in shapes if p not in have]  # adapters, head
-    fresh = init_params(model, jax.random.key(seed), paths=missing) if missing else {}
-    return model, tree.merge(fresh, loaded)
+    return model, with_fresh_leaves(model, loaded, shapes, jax.random.key(seed))
+
+
+def with_fresh_leaves(model: AdapterModel, params: dict, expected, rng: jax.Array) -> dict:
+    """``params`` plus fresh random values (``init_params``) for the paths of ``expected``
+    it lacks (new adapters, a head); no init is compiled when nothing is missing."""
+    have = tree.flatten(params)
+    missing = [p for p in expected if p not in have]
+    return tree.merge(init_params(model, rng, paths=missing), params) if missing else params
 
 
 def add_adapter(model: AdapterModel, params: dict, name: str, config: AdapterConfig, rng: jax.Array,
