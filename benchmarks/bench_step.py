@@ -91,11 +91,12 @@ def build_jadapt_steps(args):
     head = HeadConfig(num_labels=2)
     active = tuple(n for n, _ in adapters)[:1 if args.method == "fusion" else None]  # `fuse` activates all three
     remat = getattr(args, "remat", False)  # bench_gpu / profile_step build rows without the flag
-    if args.model == "minilm" and args.model_path != "random":
+    model_dir = getattr(args, "model_dir", None)  # bench_encoders.py: any HF folder
+    if model_dir or (args.model == "minilm" and args.model_path != "random"):
         from jadapt.models.pretrained import load_pretrained
 
-        model, params = load_pretrained(adapters=adapters, active=active, head=head, compute_dtype=args.dtype,
-                                        attention=args.attention, remat=remat)
+        model, params = load_pretrained(model_dir, adapters=adapters, active=active, head=head,
+                                        compute_dtype=args.dtype, attention=args.attention, remat=remat)
     else:  # a random model of the named shape (bench_gpu.py: the weights do not travel)
         from jadapt.models.config import EncoderConfig
         from jadapt.models.pretrained import init_params
@@ -384,6 +385,7 @@ def main() -> None:
                         "(Linux: own session + autogroup; negative values need root)")
     p.add_argument("--out", default=str(HERE / "results"))
     p.add_argument("--model-path", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--model-dir", default=None, help=argparse.SUPPRESS)  # worker: load this HF folder
     p.add_argument("--method", default=None, help=argparse.SUPPRESS)  # worker: one row
     p.add_argument("--dtype", default=None, help=argparse.SUPPRESS)
     p.add_argument("--attention", default="matmul", choices=ATTENTION_IMPLS, help="jadapt's attention kernel")

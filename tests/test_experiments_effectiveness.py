@@ -149,15 +149,36 @@ def test_tuner_start_is_seeded_and_keeps_pretrained_leaves(tiny_model_dir, tasks
     assert np.array_equal(train["row"], t2["row"])
 
 
-def test_cross_lingual_train_rows_concatenate_and_refuse_xnli(tiny_model_dir, tasks_dir):
+def test_cross_lingual_pool_heldout_split_and_refusals(tiny_model_dir, tasks_dir):
     tuner = Tuner(str(tiny_model_dir), max_length=32, data_dir=str(tasks_dir))
-    rows = cross_lingual.nli_train(tuner, [("mnli", "validation_mismatched"), ("snli", "train")], None, 0)
-    assert len(rows["labels"]) == 64 + 32 and set(np.unique(rows["labels"])) <= {0, 1, 2}
-    assert len(cross_lingual.nli_train(tuner, [("mnli", "validation_mismatched")], 20, 0)["labels"]) == 20
+    pool = cross_lingual.english_pool(tuner, [("mnli", "validation_mismatched"), ("snli", "train")])
+    assert len(pool["labels"]) == 64 + 32 and set(np.unique(pool["labels"])) <= {0, 1, 2}
+    train, held = cross_lingual.split_heldout(pool, 20)
+    train2, held2 = cross_lingual.split_heldout(pool, 20)
+    assert len(held["labels"]) == 20 and len(train["labels"]) == 76
+    assert np.array_equal(held["input_ids"], held2["input_ids"])  # one fixed draw for every run
+    rows = {tuple(r) for r in train["input_ids"].tolist()}
+    assert len({tuple(r) for r in held["input_ids"].tolist()} & rows) <= 1  # disjoint (up to duplicate texts)
+    with pytest.raises(ValueError, match="no training rows"):
+        cross_lingual.split_heldout(pool, 96)
     with pytest.raises(ValueError, match="evaluation set"):
-        cross_lingual.nli_train(tuner, [("xnli-en", "validation")], None, 0)
+        cross_lingual.english_pool(tuner, [("xnli-en", "validation")])
     with pytest.raises(ValueError, match="3-way"):
-        cross_lingual.nli_train(tuner, [("rte", "train")], None, 0)
+        cross_lingual.english_pool(tuner, [("rte", "train")])
+
+
+def test_cross_lingual_bootstrap_and_packing():
+    rng = np.random.default_rng(0)
+    bits = rng.random(37) < 0.5
+    assert np.array_equal(cross_lingual.unpack(cross_lingual.pack(bits), 37), bits)
+    a = (rng.random((3, 400)) < 0.7).astype(float)
+    b = (rng.random((3, 400)) < 0.5).astype(float)
+    point, lo, hi = cross_lingual.bootstrap_diff(a, b, 500)
+    assert lo < point < hi and 0.05 < lo and hi < 0.35  # a true gap of 0.2
+    assert cross_lingual.bootstrap_diff(a, a, 200) == (0.0, 0.0, 0.0)
+    p2, lo2, hi2 = cross_lingual.bootstrap_diff(b, a, 500)
+    assert p2 == pytest.approx(-point) and hi2 < 0
+    assert cross_lingual.loss_curve([4.0, 2.0, 1.0, 1.0], points=2) == [3.0, 1.0]
 
 
 def test_dry_run_counts_the_grid_and_trains_nothing(tiny_model_dir, tasks_dir, tmp_path):
@@ -247,13 +268,32 @@ def test_forgetting_quick_rsa_properties(tiny_model_dir, tasks_dir, tmp_path):
 
 def test_cross_lingual_quick_pipeline(tiny_model_dir, tasks_dir, tmp_path):
     argv = common_args(tiny_model_dir, tasks_dir, tmp_path) + [
-        "--langs", "en,de", "--methods", "adapter4,full", "--train-size", "64", "--epochs", "2"]
+        "--langs", "en,de", "--methods", "adapter4,full", "--steps", "3", "--heldout", "16", "--eval-rows", "16",
+        "--adapter-lrs", "1e-3,3e-2", "--full-lrs", "5e-5", "--seeds", "0,1", "--bootstrap", "50",
+        "--keep-checkpoints", str(tmp_path / "ckpt")]
     out = cross_lingual.main(argv)
     recs = jsonl(tmp_path / "cross_lingual_quick.jsonl")
-    assert len(recs) == 2
-    for r in recs:
-        assert set(r["accuracy"]) == {"mnli validation_matched", "xnli-en", "xnli-de"}
-        assert all(0 <= a <= 1 for a in r["accuracy"].values()) and r["train_examples"] == 64
+    select = [r for r in recs if r["phase"] == "select"]
+    finals = [r for r in recs if r["phase"] == "final"]
+    assert sorted((r["method"], r["lr"]) for r in select) == [("adapter4", 1e-3), ("adapter4", 3e-2), ("full", 5e-5)]
+    assert sorted((r["method"], r["seed"]) for r in finals) == [("adapter4", 0), ("adapter4", 1), ("full", 0),
+                                                                 ("full", 1)]
+    best = max((r for r in select if r["method"] == "adapter4"), key=lambda r: (r["heldout_accuracy"],
+                                                                                -r["heldout_loss"]))
+    assert {r["lr"] for r in finals if r["method"] == "adapter4"} == {best["lr"]} == {out["chosen"]["adapter4"]}
+    for r in finals:
+        assert set(r["accuracy"]) == {"xnli-en", "xnli-de"} and all(0 <= a <= 1 for a in r["accuracy"].values())
+        bits = cross_lingual.unpack(r["correct"]["xnli-de"], 16)
+        assert bits.mean() == pytest.approx(r["accuracy"]["xnli-de"])
+        assert len(r["loss_curve"]) == 3
+    seed0 = next(r for r in finals if r["method"] == "adapter4" and r["seed"] == 0)
+    assert seed0["heldout_accuracy"] == best["heldout_accuracy"]  # the grid's run, not a second one
+    assert (tmp_path / "ckpt" / "adapter4" / "metadata.json").is_file()
+    assert (tmp_path / "ckpt" / "full" / "metadata.json").is_file()
     md = (tmp_path / "cross_lingual_quick.md").read_text()
-    assert "| adapter4 |" in md and "xnli-de" in md and "[UNK]" in md
-    assert set(out["unk"]) == {"mnli validation_matched", "xnli-en", "xnli-de"}
+    for want in ("## Protocol", "80 train every run", "| adapter4 (n=2) |", "| majority class |", "adapter4 − full", "## Verdict",
+                 "**Encoder:**"):
+        assert want in md, want
+    assert out["stats"]["pairs"]["adapter4 − full"]["wins"][1] == 2
+    again = cross_lingual.main(argv)  # resumes: nothing new is trained
+    assert len(jsonl(tmp_path / "cross_lingual_quick.jsonl")) == len(recs) and again["chosen"] == out["chosen"]

@@ -11,7 +11,11 @@ transformers would do, and returns None otherwise (the caller then uses ``AutoTo
 - ``tokenizer_config.json`` names a BERT tokenizer class and its ``do_lower_case`` /
   ``strip_accents`` / ``tokenize_chinese_chars`` agree with the normaliser (transformers
   rebuilds the normaliser from them when they disagree);
-- padding is on the right, and no tokens beyond the file's own are configured.
+- padding is on the right, and no tokens beyond the file's own are configured;
+
+or ``tokenizer_config.json`` names ``PreTrainedTokenizerFast``, the class that runs
+``tokenizer.json`` as written whatever its pipeline (e.g. the XLM-R Unigram folders that
+``jadapt convert`` writes), under the same padding and added-token conditions.
 
 Tests compare every id, type id and length with ``AutoTokenizer`` on real rows, single texts
 and pairs, with truncation, under transformers 4.57 and 5.
@@ -92,13 +96,24 @@ def _is_plain_bert(spec: dict, config: dict, model_type: str | None) -> bool:
     return all((v or {}).get("content") in known for v in decoder.values())
 
 
+def _is_verbatim(spec: dict, config: dict) -> bool:
+    """True where transformers would run ``tokenizer.json`` unchanged (``PreTrainedTokenizerFast``)."""
+    if config.get("tokenizer_class") != "PreTrainedTokenizerFast":
+        return False
+    if config.get("padding_side", "right") != "right" or config.get("truncation_side", "right") != "right":
+        return False
+    known = {t.get("content") for t in spec.get("added_tokens", [])}
+    decoder = config.get("added_tokens_decoder") or {}
+    return all((v or {}).get("content") in known for v in decoder.values())
+
+
 def open_fast_tokenizer(path: str | os.PathLike) -> FastTokenizer | None:
     """A :class:`FastTokenizer` for the model folder ``path``, or None where transformers is needed."""
     folder = Path(path)
     spec = read_folder_json(folder, "tokenizer.json")
     config = read_folder_json(folder, "tokenizer_config.json") or {}
     model_type = (read_folder_json(folder, "config.json") or {}).get("model_type")
-    if spec is None or not _is_plain_bert(spec, config, model_type):
+    if spec is None or not (_is_plain_bert(spec, config, model_type) or _is_verbatim(spec, config)):
         return None
     try:
         from tokenizers import Tokenizer

@@ -54,7 +54,8 @@ class Runner:
         """Train from ``trainable`` (default: the initial adapter + head) and evaluate on ``dev``.
 
         Returns {"final": metrics after the last step, "history": per-epoch metrics when
-        ``eval_each_epoch``, "best": the best of those, "steps"} (+ "trainable" on request).
+        ``eval_each_epoch``, "best": the best of those, "steps", "train_loss": the loss of every
+        step} (+ "trainable" on request).
         """
         from jadapt import data
 
@@ -64,10 +65,11 @@ class Runner:
         total = max(1, math.ceil(epochs * steps_per_epoch))
         tx = make_optimizer(self.labels, lr, total_steps=total, warmup_steps=int(warmup_ratio * total), **self._opt)
         state = init_state(jax.tree_util.tree_map(jnp.array, start), tx, seed)  # copy: the step donates
-        history, step, epoch = [], 0, 0
+        history, losses, step, epoch = [], [], 0, 0
         while step < total:
             for batch in data.epoch_batches(train, self.batch_size, seed=seed, epoch=epoch, buckets=self.buckets):
-                state, _ = self.train_step(state, frozen, batch)
+                state, metrics = self.train_step(state, frozen, batch)
+                losses.append(metrics["loss"])  # device scalars: read once at the end, no sync per step
                 step += 1
                 if step >= total:
                     break
@@ -77,7 +79,7 @@ class Runner:
         final = {**self.evaluate(task, dev, state["trainable"], frozen), "epoch": round(step / steps_per_epoch, 4)}
         history.append(final) if eval_each_epoch else None
         main = data.get_task(task).metrics[0]
-        out = {"final": final, "history": history, "steps": step,
+        out = {"final": final, "history": history, "steps": step, "train_loss": [float(x) for x in losses],
                "best": max(history, key=lambda m: m[main]) if history else final}
         if return_params:
             out["trainable"] = jax.device_get(state["trainable"])
