@@ -444,7 +444,7 @@ def write_report(path: Path, title: str, sections: Sequence[str], *, command: st
             "- settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()),
             f"- wall time of this invocation: {common.fmt_duration(wall_s)} (runs found in the JSONL were "
             "skipped; per-run wall times are in it)",
-            f"- hardware: {hw['cpu_model']}, {hw['cores_available']} cores, {hw.get('memory_gb')} GB, "
+            f"- hardware: {hw['cpu_model']} ({hw['cpu_bf16']}), {hw['cores_available']} cores, {hw.get('memory_gb')} GB, "
             f"load average {hw.get('load_average_1m')} at the end (machine shared with other jobs); "
             f"JAX devices: {hw.get('jax_devices')}; allocator: {os.environ.get('LD_PRELOAD') or 'system'}",
             "- software: " + ", ".join(f"{k} {v}" for k, v in sw.items()), ""]
