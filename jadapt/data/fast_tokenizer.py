@@ -88,18 +88,17 @@ def _is_plain_bert(spec: dict, config: dict, model_type: str | None) -> bool:
               "handle_chinese_chars": config.get("tokenize_chinese_chars", True)}
     if any(norm.get(k) != v for k, v in expect.items()):
         return False
-    if config.get("padding_side", "right") != "right" or config.get("truncation_side", "right") != "right":
-        return False
-    # tokens added in tokenizer_config but absent from tokenizer.json would change the vocabulary
-    known = {t.get("content") for t in spec.get("added_tokens", [])}
-    decoder = config.get("added_tokens_decoder") or {}
-    return all((v or {}).get("content") in known for v in decoder.values())
+    return _file_rules(spec, config)
 
 
 def _is_verbatim(spec: dict, config: dict) -> bool:
     """True where transformers would run ``tokenizer.json`` unchanged (``PreTrainedTokenizerFast``)."""
-    if config.get("tokenizer_class") != "PreTrainedTokenizerFast":
-        return False
+    return config.get("tokenizer_class") == "PreTrainedTokenizerFast" and _file_rules(spec, config)
+
+
+def _file_rules(spec: dict, config: dict) -> bool:
+    """Right padding and truncation, and no tokens beyond ``tokenizer.json``'s own (tokens added
+    in ``tokenizer_config`` but absent from the file would change the vocabulary)."""
     if config.get("padding_side", "right") != "right" or config.get("truncation_side", "right") != "right":
         return False
     known = {t.get("content") for t in spec.get("added_tokens", [])}
