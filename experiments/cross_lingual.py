@@ -41,7 +41,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from experiments import common
-from experiments.low_resource import (Method, Study, Tuner, add_common_args, finish_args, make_tuner, new_figure,
+from experiments.study import (Method, Study, Tuner, add_common_args, finish_args, make_tuner, new_figure,
                                       parse_list, parse_methods, save_figure, settings_of, start, write_report)
 
 SOURCES = "mnli:validation_mismatched,snli:train"

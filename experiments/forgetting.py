@@ -35,7 +35,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from experiments import common
-from experiments.low_resource import (Cost, Method, Study, Tuner, add_common_args, cost_line, finish_args,
+from experiments.study import (Cost, Method, Study, Tuner, add_common_args, cost_line, finish_args,
                                       main_metric, make_tuner, parse_list, parse_methods, settings_of, save_figure,
                                       start, write_report)
 

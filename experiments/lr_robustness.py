@@ -27,7 +27,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from experiments import common
-from experiments.low_resource import (Cost, Method, Study, add_common_args, cost_line, finish_args, main_metric,
+from experiments.study import (Cost, Method, Study, add_common_args, cost_line, finish_args, main_metric,
                                       make_tuner, new_figure, parse_list, parse_methods, settings_of, save_figure,
                                       start, write_report)
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from experiments import cross_lingual, forgetting, low_resource, lr_robustness, overfitting
-from experiments.low_resource import Method, Study, Tuner, parse_methods
+from experiments import cross_lingual, forgetting, low_resource, lr_robustness, overfitting, study
+from experiments.study import Method, Study, Tuner, parse_methods
 from tests.conftest import write_synthetic_task
 
 NLI = "good bad great awful fine poor nice terrible happy sad".split()
@@ -66,7 +66,7 @@ def test_cost_counts_steps_by_width_and_prices_them():
 
     enc = {"input_ids": np.zeros((100, 128), np.int32),
            "lengths": np.r_[np.full(50, 20), np.full(50, 100)].astype(np.int32)}
-    cost = low_resource.Cost(SimpleNamespace(batch_size=32, eval_batch_size=64))
+    cost = study.Cost(SimpleNamespace(batch_size=32, eval_batch_size=64))
     cost.add(Method("full", "full", None, 1e-5), enc, 2.5, [enc])
     cost.add(Method("adapter256", "houlsby", 256, 1e-3), enc, 1.0)
     assert sum(v for (k, _), v in cost.train.items() if k == "full") == 10  # ceil(2.5 epochs x 4 batches)
