@@ -6,8 +6,14 @@ import os
 import shutil
 from pathlib import Path
 
-import numpy as np
-import pytest
+# The sharding and multi-host tests need 8 devices; on CPU, XLA makes them from host threads, and
+# only if told before jax starts. Setting it here lets a plain `python -m pytest` run them (CI
+# runs the whole suite this way too); a user's own device count wins.
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
