@@ -18,6 +18,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from jadapt.train.epochs import run_steps
 from jadapt.train.optim import make_optimizer, split
 from jadapt.train.step import init_state, make_eval_step, make_train_step
 
@@ -65,17 +66,18 @@ class Runner:
         total = max(1, math.ceil(epochs * steps_per_epoch))
         tx = make_optimizer(self.labels, lr, total_steps=total, warmup_steps=int(warmup_ratio * total), **self._opt)
         state = init_state(jax.tree_util.tree_map(jnp.array, start), tx, seed)  # copy: the step donates
-        history, losses, step, epoch = [], [], 0, 0
-        while step < total:
-            for batch in data.epoch_batches(train, self.batch_size, seed=seed, epoch=epoch, buckets=self.buckets):
-                state, metrics = self.train_step(state, frozen, batch)
-                losses.append(metrics["loss"])  # device scalars: read once at the end, no sync per step
-                step += 1
-                if step >= total:
-                    break
-            epoch += 1
-            if eval_each_epoch and step < total:
-                history.append({**self.evaluate(task, dev, state["trainable"], frozen), "epoch": epoch})
+        history, losses = [], []
+
+        def on_step(step, epoch, state, metrics):
+            losses.append(metrics["loss"])  # device scalars: read once at the end, no sync per step
+
+        def on_epoch_end(step, epoch, state):
+            if eval_each_epoch and step < total:  # the last epoch is scored below, as "final"
+                history.append({**self.evaluate(task, dev, state["trainable"], frozen), "epoch": epoch + 1})
+
+        state, step = run_steps(self.train_step, state, frozen, train, batch_size=self.batch_size, seed=seed,
+                                steps_per_epoch=steps_per_epoch, start=0, stop=total, total=total,
+                                buckets=self.buckets, on_step=on_step, on_epoch_end=on_epoch_end)
         final = {**self.evaluate(task, dev, state["trainable"], frozen), "epoch": round(step / steps_per_epoch, 4)}
         history.append(final) if eval_each_epoch else None
         main = data.get_task(task).metrics[0]
