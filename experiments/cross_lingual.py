@@ -174,7 +174,7 @@ def save_checkpoint(directory: Path, tuner: Tuner, m: Method, lr: float, seed: i
     from jadapt import data
     from jadapt.checkpoint import save_adapter
     from jadapt.train.config import TrainConfig
-    from jadapt.train.loop import run_metadata
+    from jadapt.train.model_setup import run_metadata
 
     s = tuner.setup(m, HEAD_TASK)
     cfg = TrainConfig(task=HEAD_TASK, method=m.kind, model=str(tuner.model_dir), data_dir=tuner.data_dir,

@@ -46,8 +46,10 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from jadapt import tree
+from jadapt.adapters.paths import ADAPTERS, BOTTLENECK_SITE, FUSION_LAYERS, HEAD, lora_path
 
 DATA, MODEL = "data", "model"
+_QKV_LORA = "(?:" + "|".join(lora_path(t) for t in ("query", "key", "value")) + ")"
 
 # (path regex, logical axes per dimension); first match wins. Kernels are [in, out].
 LOGICAL_AXES: tuple[tuple[str, Optional[tuple[Optional[str], ...]]], ...] = (
@@ -57,29 +59,29 @@ LOGICAL_AXES: tuple[tuple[str, Optional[tuple[Optional[str], ...]]], ...] = (
     (r"/attention/(query|key|value)/bias$", ("heads",)),
     (r"/attention/output/kernel$", ("heads", "embed")),
     (r"/attention/output/bias$", ("embed",)),
-    (r"/attention/lora_(query|key|value)/[^/]+/lora_a$", ("embed", "rank")),
-    (r"/attention/lora_(query|key|value)/[^/]+/lora_b$", ("rank", "heads")),
-    (r"/attention/lora_attention_output/[^/]+/lora_a$", ("heads", "rank")),
-    (r"/attention/lora_attention_output/[^/]+/lora_b$", ("rank", "embed")),
-    (r"/lora_intermediate/[^/]+/lora_a$", ("embed", "rank")),
-    (r"/lora_intermediate/[^/]+/lora_b$", ("rank", "mlp")),
-    (r"/lora_output/[^/]+/lora_a$", ("mlp", "rank")),
-    (r"/lora_output/[^/]+/lora_b$", ("rank", "embed")),
+    (rf"/{_QKV_LORA}/[^/]+/lora_a$", ("embed", "rank")),
+    (rf"/{_QKV_LORA}/[^/]+/lora_b$", ("rank", "heads")),
+    (rf"/{lora_path('attention_output')}/[^/]+/lora_a$", ("heads", "rank")),
+    (rf"/{lora_path('attention_output')}/[^/]+/lora_b$", ("rank", "embed")),
+    (rf"/{lora_path('intermediate')}/[^/]+/lora_a$", ("embed", "rank")),
+    (rf"/{lora_path('intermediate')}/[^/]+/lora_b$", ("rank", "mlp")),
+    (rf"/{lora_path('output')}/[^/]+/lora_a$", ("mlp", "rank")),
+    (rf"/{lora_path('output')}/[^/]+/lora_b$", ("rank", "embed")),
     (r"/intermediate/kernel$", ("embed", "mlp")),
     (r"/intermediate/bias$", ("mlp",)),
     (r"layer_\d+/output/kernel$", ("mlp", "embed")),
     (r"layer_\d+/output/bias$", ("embed",)),
-    (r"_adapter/fusion/", None),
-    (r"_adapter/[^/]+/down/kernel$", ("embed", "bottleneck")),
-    (r"_adapter/[^/]+/down/bias$", ("bottleneck",)),
-    (r"_adapter/[^/]+/up/kernel$", ("bottleneck", "embed")),
-    (r"_adapter/[^/]+/up/bias$", ("embed",)),
+    (FUSION_LAYERS, None),
+    (rf"/{BOTTLENECK_SITE}/[^/]+/down/kernel$", ("embed", "bottleneck")),
+    (rf"/{BOTTLENECK_SITE}/[^/]+/down/bias$", ("bottleneck",)),
+    (rf"/{BOTTLENECK_SITE}/[^/]+/up/kernel$", ("bottleneck", "embed")),
+    (rf"/{BOTTLENECK_SITE}/[^/]+/up/bias$", ("embed",)),
     (r"(layer_norm|norm_before|norm_after)/(scale|bias)$", ("embed",)),
     (r"^head/", None),
 )
 
 # Small trainable parts that stay replicated by default (see module docstring).
-ADAPTER_PATHS = r"/(attn_adapter|ffn_adapter|lora_\w+)/|^head/"
+ADAPTER_PATHS = f"{ADAPTERS}|{HEAD}"
 
 _TP = (("heads", MODEL), ("mlp", MODEL), ("vocab", MODEL), ("bottleneck", MODEL))
 

@@ -27,13 +27,13 @@ from jadapt.fusion import (
     fusion_preset,
     fusion_state,
     regularization_loss,
-    trainable_labels,
     unfuse,
 )
 from jadapt.models.config import EncoderConfig
 from jadapt.models.hf import convert_state_dict
 from jadapt.models.model import AdapterModel, HeadConfig
 from jadapt.models.pretrained import init_params, param_shapes
+from jadapt.train.optim import trainable_labels, trainable_rules
 
 TINY = EncoderConfig(vocab_size=100, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,
                      max_position_embeddings=64)
@@ -210,8 +210,9 @@ def test_fuse_rejects_bad_names(base):
 
 def test_only_fusion_and_head_train(fused_houlsby):
     model, params = fused_houlsby
-    labels = trainable_labels(params)
-    tx = optax.multi_transform({"trainable": optax.adam(1e-2), "frozen": optax.set_to_zero()}, labels)
+    labels = trainable_labels(params, trainable_rules("fusion"))
+    tx = optax.multi_transform({"decay": optax.adam(1e-2), "no_decay": optax.adam(1e-2),
+                                "frozen": optax.set_to_zero()}, labels)
     opt_state = tx.init(params)
     ids, mask = _ids()
     y = jnp.array([0, 2])
@@ -229,7 +230,7 @@ def test_only_fusion_and_head_train(fused_houlsby):
     new, grads = step(params, opt_state)
     flat_old, flat_new, flat_g = tree.flatten(params), tree.flatten(new), tree.flatten(grads)
     trainable = [p for p in flat_old if "/fusion/" in p or p.startswith("head/")]
-    assert trainable and {p for p, lab in tree.flatten(labels).items() if lab == "trainable"} == set(trainable)
+    assert trainable and {p for p, lab in tree.flatten(labels).items() if lab != "frozen"} == set(trainable)
     for p in flat_old:
         if p in trainable:
             assert not np.array_equal(flat_new[p], flat_old[p]), p

@@ -19,7 +19,8 @@ from jadapt.interop.adapterhub import config_from_adapterhub, config_to_adapterh
 from jadapt.interop.peft import config_from_peft, config_to_peft
 from jadapt.models.config import EncoderConfig
 from jadapt.models.model import AdapterModel, HeadConfig
-from jadapt.models.pretrained import adapter_path_pattern, param_shapes
+from jadapt.adapters.paths import adapter_pattern
+from jadapt.models.pretrained import param_shapes
 
 ENC = EncoderConfig(vocab_size=100, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,
                     max_position_embeddings=64)
@@ -28,7 +29,7 @@ ENC = EncoderConfig(vocab_size=100, hidden_size=32, num_layers=2, num_heads=4, i
 def random_bundle(name, cfg, head=None, *, enc=ENC, also=None, seed=0, model_type="bert", labels=None):
     """A bundle with every leaf of adapter ``name`` (+ head, + params matching ``also``) random."""
     shapes = param_shapes(AdapterModel(enc, adapters=((name, cfg),), active=(name,), head=head))
-    pick = re.compile("|".join([adapter_path_pattern(name)] + (["^head/"] if head else []) + ([also] if also else [])))
+    pick = re.compile("|".join([adapter_pattern(name)] + (["^head/"] if head else []) + ([also] if also else [])))
     rng = np.random.default_rng(seed)
     sub = {p: (rng.standard_normal(s) + p.endswith("/scale")).astype(np.float32)
            for p, s in shapes.items() if pick.search(p)}
@@ -303,7 +304,7 @@ def test_build_model_needs_every_adapter_leaf(tiny_model_dir, tmp_path):
     partial = {p: x for p, x in flat.items() if "layer_1" not in p}
     with pytest.raises(ValueError, match="in neither the base model nor the adapter"):
         build_model(AdapterBundle("a", bundle.config, tree.unflatten(partial)), tiny_model_dir)
-    with pytest.raises(ValueError, match=r"shape \(32, 8\) != model's \(32, 4\)"):
+    with pytest.raises(ValueError, match=r"shape \(32, 8\) in the adapter != \(32, 4\) in the model"):
         wrong = random_bundle("a", preset("pfeiffer", bottleneck=8))
         build_model(AdapterBundle("a", bundle.config, wrong.params), tiny_model_dir)
     with pytest.raises(ValueError, match="names no base model"):

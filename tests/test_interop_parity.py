@@ -136,11 +136,12 @@ def _random_jadapt(base_dir, name, cfg, head=None, *, also=None, seed=0, std=0.3
 
     from jadapt.models.config import EncoderConfig
     from jadapt.models.model import AdapterModel
-    from jadapt.models.pretrained import adapter_path_pattern, param_shapes
+    from jadapt.adapters.paths import adapter_pattern
+    from jadapt.models.pretrained import param_shapes
 
     shapes = param_shapes(AdapterModel(EncoderConfig.from_pretrained(base_dir), adapters=((name, cfg),),
                                        active=(name,), head=head))
-    pick = re.compile("|".join([adapter_path_pattern(name)] + (["^head/"] if head else []) + ([also] if also else [])))
+    pick = re.compile("|".join([adapter_pattern(name)] + (["^head/"] if head else []) + ([also] if also else [])))
     rng = np.random.default_rng(seed)
     sub = {p: (std * rng.standard_normal(s) + p.endswith("/scale")).astype(np.float32)
            for p, s in shapes.items() if pick.search(p)}

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-import types
 from pathlib import Path
 
 import chex
@@ -14,7 +12,7 @@ import numpy as np
 import pytest
 
 from jadapt import merge, tree
-from jadapt.merge import command
+from jadapt.merge import checkpoints, command
 
 
 def _bottleneck(seed, name="a", d=12, m=6, layers=2, lora=False):
@@ -281,9 +279,9 @@ def _args(argv):
 
 @pytest.fixture
 def fake_ckpt(monkeypatch, tmp_path):
-    fake = types.ModuleType("jadapt.checkpoint")
-    fake.save_adapter, fake.load_adapter = _FakeCheckpoints.save_adapter, _FakeCheckpoints.load_adapter
-    monkeypatch.setitem(sys.modules, "jadapt.checkpoint", fake)
+    fake = _FakeCheckpoints
+    monkeypatch.setattr(checkpoints, "save_adapter", fake.save_adapter)
+    monkeypatch.setattr(checkpoints, "load_adapter", fake.load_adapter)
     dirs = []
     for k, (name, task) in enumerate([("sst2", "sst2"), ("mr", "mr"), ("cr", "cr")]):
         params = tree.merge(_bottleneck(k, name=name),
@@ -302,10 +300,10 @@ def test_cli_merges_checkpoints(fake_ckpt, method):
     summary = command.run_merge(_args(["--adapters", *dirs, "--method", method, "--out", str(out), "--seed", "3"]))
     params, meta = fake.load_adapter(out)
     loaded = [fake.load_adapter(d)[0] for d in dirs]
-    adapters = [command.split_leaves(p, d)[0] for p, d in zip(loaded, dirs)]
+    adapters = [checkpoints.split_leaves(p, d)[0] for p, d in zip(loaded, dirs)]
     kw = dict(key=jax.random.key(3)) if method == "dare" else {}
     expected = merge.merge_adapters(adapters, method, **kw)
-    got, shared = command.split_leaves(params, out)
+    got, shared = checkpoints.split_leaves(params, out)
     chex.assert_trees_all_close(got, expected, atol=1e-5)
     # trained LayerNorms are averaged whatever the method; heads are dropped
     np.testing.assert_allclose(shared["encoder"]["layer_0"]["output_layer_norm"]["scale"], 2.0)
@@ -323,9 +321,9 @@ def test_cli_weights_name_and_base(fake_ckpt):
                              "--weights", "0.5", "2", "--scale", "0.5", "--base", dirs[2], "--name", "merged"]))
     params, meta = fake.load_adapter(out)
     assert merge.adapter_names(params) == ("merged",) and meta["adapters"][0][0] == "merged"
-    a, b, c = [command.split_leaves(fake.load_adapter(d)[0], d)[0] for d in dirs]
+    a, b, c = [checkpoints.split_leaves(fake.load_adapter(d)[0], d)[0] for d in dirs]
     xa, xb, xc = _stack([a])[0], _stack([b])[0], _stack([c])[0]
-    got = _stack([command.split_leaves(params, out)[0]])[0]
+    got = _stack([checkpoints.split_leaves(params, out)[0]])[0]
     np.testing.assert_allclose(got, xc + 0.5 * (0.5 * (xa - xc) + 2 * (xb - xc)), atol=1e-5)
 
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
+from jadapt.adapters import paths
+
 METHODS = ("houlsby", "pfeiffer", "parallel", "lora")
 INITS = ("bert", "houlsby", "mam", "lora")
 LORA_TARGETS = ("query", "key", "value", "attention_output", "intermediate", "output")
@@ -81,8 +83,8 @@ class AdapterConfig:
     def sites(self) -> tuple[str, ...]:
         """Param-tree site names this adapter occupies in every layer."""
         if self.method == "lora":
-            return tuple(f"lora_{t}" for t in self.lora_targets)
-        return (("attn_adapter",) if self.mh_adapter else ()) + (("ffn_adapter",) if self.output_adapter else ())
+            return tuple(paths.lora_site(t) for t in self.lora_targets)
+        return ((paths.ATTN_SITE,) if self.mh_adapter else ()) + ((paths.FFN_SITE,) if self.output_adapter else ())
 
     def replace(self, **kw) -> "AdapterConfig":
         return dataclasses.replace(self, **kw)

@@ -1,7 +1,8 @@
 """Checkpoints: small adapter files for sharing, full train states for resuming.
 
 - ``save_adapter(dir, params, metadata)`` / ``load_adapter(dir)``: only the trained leaves
-  (adapters, head, trained LayerNorms) + ``metadata.json`` saying how to rebuild the model.
+  (adapters, head, trained LayerNorms) + ``metadata.json`` saying how to rebuild the model
+  (its format: ``jadapt.models.spec``).
 - ``load_model(dir)``: that model rebuilt around its base encoder, saved leaves in place.
 - ``TrainCheckpointer``: rolling orbax checkpoints of the whole train state (optimizer
   state, step, PRNG key), restored bitwise; keeps the best step by a metric.
@@ -11,8 +12,8 @@ with one ``CheckpointError`` / ``FileNotFoundError`` naming the path and what is
 """
 from jadapt.checkpoint.adapter import load_adapter, save_adapter
 from jadapt.checkpoint.files import FORMAT, SUPPORTED_VERSIONS, VERSION, CheckpointError
-from jadapt.checkpoint.model import load_model, overlay
+from jadapt.checkpoint.model import load_model, overlay, spec_of
 from jadapt.checkpoint.train import TrainCheckpointer
 
 __all__ = ["FORMAT", "SUPPORTED_VERSIONS", "VERSION", "CheckpointError", "TrainCheckpointer", "load_adapter",
-           "load_model", "overlay", "save_adapter"]
+           "load_model", "overlay", "save_adapter", "spec_of"]

@@ -10,13 +10,11 @@ from jadapt.fusion.setup import (
     init_fusion_params,
     load_for_fusion,
     resolve_config,
-    trainable_labels,
-    trainable_rules,
     unfuse,
 )
 
 __all__ = [
     "FUSION_PATTERN", "PRESETS", "FusionConfig", "FusionLayer", "fuse", "fusion_params", "fusion_preset",
-    "fusion_state", "identity_init", "init_fusion_params", "load_for_fusion", "regularization_loss", "resolve_config", "trainable_labels",
-    "trainable_rules", "unfuse", "value_kernels",
+    "fusion_state", "identity_init", "init_fusion_params", "load_for_fusion", "regularization_loss", "resolve_config",
+    "unfuse", "value_kernels",
 ]

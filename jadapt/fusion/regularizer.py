@@ -6,19 +6,16 @@ works on the full tree or on the trainable part alone, and is jit-able.
 """
 from __future__ import annotations
 
-import re
-
 import jax.numpy as jnp
 
 from jadapt import tree
+from jadapt.adapters.paths import FUSION_VALUE_KERNEL
 from jadapt.fusion.config import REGULARIZATION_WEIGHT
-
-VALUE_KERNEL = re.compile(r"(^|/)(attn_adapter|ffn_adapter)/fusion/value/kernel$")
 
 
 def value_kernels(params: dict) -> dict:
     """{path: V kernel [d, d]} for every fusion site in ``params``."""
-    return {p: x for p, x in tree.flatten(params).items() if VALUE_KERNEL.search(p)}
+    return {p: x for p, x in tree.flatten(params).items() if FUSION_VALUE_KERNEL.search(p)}
 
 
 def regularization_loss(params: dict, weight: float = REGULARIZATION_WEIGHT) -> jnp.ndarray:

@@ -2,7 +2,8 @@
 
 Mirrors AdapterHub's ``add_adapter_fusion`` + ``set_active_adapters(Fuse(...))`` +
 ``train_adapter_fusion``: the fused adapters and the backbone stay frozen, only the fusion
-layers (``encoder/layer_i/{attn_adapter,ffn_adapter}/fusion/...``) and the head train.
+layers (``encoder/layer_i/<bottleneck site>/fusion/...``, ``jadapt.adapters.paths``) and the head
+train: ``jadapt.train.optim.trainable_rules("fusion")`` says so.
 """
 from __future__ import annotations
 
@@ -13,13 +14,13 @@ import jax
 import jax.numpy as jnp
 
 from jadapt import tree
+from jadapt.adapters import paths
 from jadapt.fusion.config import FusionConfig, fusion_preset
 from jadapt.fusion.layer import FusionLayer
+from jadapt.models.build import param_shapes
 from jadapt.models.model import AdapterModel
-from jadapt.models.pretrained import adapter_path_pattern, param_shapes
 
-FUSION_PATTERN = r"(^|/)(attn_adapter|ffn_adapter)/fusion/"
-TRAINABLE, FROZEN = "trainable", "frozen"
+FUSION_PATTERN = paths.FUSION_LAYERS
 
 
 def resolve_config(model: AdapterModel, config: FusionConfig | str) -> FusionConfig:
@@ -71,8 +72,7 @@ def init_fusion_params(model: AdapterModel, rng: jax.Array) -> dict:
 
     The paths come from the model's own ``eval_shape``; each site is initialised by
     ``FusionLayer.init`` with its own key, so no full-model init is compiled."""
-    site_rx = re.compile(r"^(.*(?:attn_adapter|ffn_adapter))/fusion/")
-    sites = sorted({m.group(1) for p in param_shapes(model) if (m := site_rx.match(p))})
+    sites = sorted({m.group(1) for p in param_shapes(model) if (m := paths.FUSION_SITE.match(p))})
     if not sites:
         raise ValueError(f"adapters {model.active} created no fusion layer (no bottleneck site?)")
     d = model.config.hidden_size
@@ -108,48 +108,32 @@ def fusion_state(model: AdapterModel) -> dict:
     return {"fusion_state": state} if state else {}
 
 
-def trainable_rules(adapters: Sequence[str] = ()) -> tuple[tuple[str, str], ...]:
-    """(regex, label) rules for ``tree.label_by_rules``: fusion layers and head train,
-    plus the named ``adapters`` (AdapterHub's ``unfreeze_adapters``); all else is frozen."""
-    rules = [(FUSION_PATTERN, TRAINABLE), (r"^head/", TRAINABLE)]
-    rules += [(adapter_path_pattern(n), TRAINABLE) for n in adapters]
-    return tuple(rules) + ((r".", FROZEN),)
-
-
-def trainable_labels(params: dict, adapters: Sequence[str] = ()) -> dict:
-    """``"trainable"`` / ``"frozen"`` per leaf, for ``optax.multi_transform``."""
-    return tree.label_by_rules(params, trainable_rules(adapters))
-
-
 def load_for_fusion(cfg, model_dir, head) -> tuple[AdapterModel, dict, list[str]]:
     """``jadapt train --method fusion``: the pretrained encoder, the saved adapters of
     ``cfg.fusion_adapters`` (checkpoint dirs; their heads are dropped) and a fresh dynamic
     fusion over them, in that order. Returns (model, params, adapter names that train = [])."""
-    from jadapt.adapters.config import AdapterConfig
-    from jadapt.checkpoint import load_adapter
-    from jadapt.models.pretrained import load_pretrained
+    from jadapt.checkpoint import load_adapter, spec_of
+    from jadapt.models.build import build
+    from jadapt.models.spec import ModelSpec
 
     specs, saved, origin = [], {}, {}
     for ckpt in cfg.fusion_adapters:
         params, meta = load_adapter(ckpt)
-        configs = {n: AdapterConfig.from_dict(c) for n, c in meta.get("adapters", [])}
-        names = [n for n in meta.get("active") or configs if n in configs]
-        if len(names) != 1:
-            raise ValueError(f"fusion adapter checkpoint {ckpt} must hold one active adapter, has {names}")
-        name = names[0]
+        spec = spec_of(meta, f"fusion adapter checkpoint {ckpt}")
+        if len(spec.active) != 1:
+            raise ValueError(f"fusion adapter checkpoint {ckpt} must hold one active adapter, has {list(spec.active)}")
+        name = spec.active[0]
         if name in origin:
             raise ValueError(f"adapter {name!r} is in both {origin[name]} and {ckpt}; fused adapters need distinct names")
         origin[name] = ckpt
-        specs.append((name, configs[name]))
-        saved.update(tree.flatten(tree.select(params, adapter_path_pattern(name))))
-    model, params = load_pretrained(model_dir, adapters=tuple(specs), active=(specs[0][0],), head=head,
-                                    compute_dtype=cfg.compute_dtype, seed=cfg.seed, remat=cfg.remat,
-                                    attention=cfg.attention)
-    flat = tree.flatten(params)
-    bad = [f"{p}: {tuple(x.shape)} vs model {tuple(flat[p].shape) if p in flat else 'absent'}"
-           for p, x in saved.items() if p not in flat or tuple(flat[p].shape) != tuple(x.shape)]
-    if bad:
-        raise ValueError(f"saved adapters do not fit this model: {bad[:5]}")
-    params = tree.merge(params, tree.unflatten(saved))
-    model, params = fuse(model, params, [n for n, _ in specs], "dynamic", jax.random.key(cfg.seed))
+        specs.append((name, dict(spec.adapters)[name]))
+        saved.update(tree.flatten(tree.select(params, paths.adapter_pattern(name))))
+    names = [n for n, _ in specs]
+    unfused = ModelSpec(base_model=str(model_dir), adapters=tuple(specs), active=(names[0],), head=head,
+                        compute_dtype=cfg.compute_dtype)
+    fused = re.compile(paths.adapter_pattern(*names))
+    model, params = build(unfused, tree.unflatten(saved), seed=cfg.seed, required=lambda p: bool(fused.search(p)),
+                          where=f"fusion adapters {list(cfg.fusion_adapters)}", remat=cfg.remat,
+                          attention=cfg.attention)
+    model, params = fuse(model, params, names, "dynamic", jax.random.key(cfg.seed))
     return model, params, []

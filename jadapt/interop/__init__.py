@@ -27,8 +27,10 @@ from typing import Optional
 import numpy as np
 
 from jadapt import tree
+from jadapt.adapters import paths
 from jadapt.adapters.config import AdapterConfig
 from jadapt.models.model import HeadConfig
+from jadapt.models.spec import ModelSpec
 
 FORMATS = ("adapterhub", "peft")
 
@@ -92,32 +94,18 @@ def build_model(bundle: AdapterBundle, base_model: Optional[str | os.PathLike] =
     fill every adapter / head leaf with the right shape; all problems are reported
     together. Nothing is randomly initialised (so no init is compiled either).
     """
-    import jax.numpy as jnp
-
-    from jadapt.models.config import EncoderConfig
-    from jadapt.models.hf import convert_state_dict, iter_state_dict
-    from jadapt.models.model import AdapterModel
-    from jadapt.models.pretrained import param_shapes
+    from jadapt.models.build import build
 
     base = _resolve_base(bundle, base_model)
-    model = AdapterModel(EncoderConfig.from_pretrained(base), adapters=((bundle.name, bundle.config),),
-                         active=(bundle.name,), head=bundle.head, compute_dtype=compute_dtype)
-    expected = param_shapes(model)
-    flat = tree.flatten(convert_state_dict(iter_state_dict(base), expected))
-    errors = []
-    for path, value in tree.flatten(bundle.params).items():
-        if path not in expected:
-            errors.append(f"{path} has no place in this model")
-        elif tuple(expected[path]) != tuple(value.shape):
-            errors.append(f"{path}: shape {tuple(value.shape)} != model's {tuple(expected[path])}")
-        else:
-            flat[path] = value
-    missing = [p for p in expected if p not in flat]
-    if missing:
-        errors.append(f"{len(missing)} param(s) in neither the base model nor the adapter, e.g. {missing[:4]}")
-    if errors:
-        raise ValueError(f"adapter {bundle.name!r} does not fit base model {base}:\n  " + "\n  ".join(errors[:20]))
-    return model, tree.unflatten({p: jnp.asarray(x, jnp.float32) for p, x in flat.items()})
+    return build(bundle_spec(bundle, base, compute_dtype=compute_dtype), bundle.params, fresh=False,
+                 where=f"adapter {bundle.name!r} (base model {base})", source="adapter")
+
+
+def bundle_spec(bundle: AdapterBundle, base_model, *, encoder=None, compute_dtype: str = "float32") -> ModelSpec:
+    """The spec of a model that runs ``bundle``'s adapter (active) and head on ``base_model``."""
+    return ModelSpec(base_model=None if base_model is None else str(base_model), encoder=encoder,
+                     adapters=((bundle.name, bundle.config),), active=(bundle.name,), head=bundle.head,
+                     compute_dtype=compute_dtype)
 
 
 def bundle_from_params(model, params: dict, name: str, *, label_names=None, base_model=None) -> AdapterBundle:
@@ -153,15 +141,9 @@ def import_adapter(path: str | os.PathLike, out: str | os.PathLike, *, base_mode
 
 
 def checkpoint_metadata(model, bundle: AdapterBundle, base_model, fmt: str) -> dict:
-    """jadapt adapter-checkpoint metadata for an imported bundle."""
+    """jadapt adapter-checkpoint metadata for an imported bundle: its spec and where it came from."""
     return {
-        "format": "jadapt-adapter",
-        "version": 1,
-        "base_model": str(base_model),
-        "encoder_config": dataclasses.asdict(model.config),
-        "adapters": [[bundle.name, bundle.config.to_dict()]],
-        "active": [bundle.name],
-        "head": dataclasses.asdict(bundle.head) if bundle.head else None,
+        **bundle_spec(bundle, base_model, encoder=model.config, compute_dtype=model.compute_dtype).to_metadata(),
         "task": None,
         "label_names": list(bundle.label_names or ()),
         "method": bundle.config.method,
@@ -174,29 +156,31 @@ def export_adapter(checkpoint: str | os.PathLike, fmt: str, out: str | os.PathLi
     """Write adapter ``name`` (default: the checkpoint's only / first active adapter) of a
     jadapt checkpoint as an AdapterHub or PEFT folder. ``strict=False`` drops params the
     format cannot hold (e.g. trained LayerNorms for AdapterHub) instead of failing."""
-    from jadapt.checkpoint import load_adapter
-    from jadapt.models.config import EncoderConfig
-    from jadapt.models.pretrained import adapter_path_pattern
+    from jadapt.checkpoint import load_adapter, spec_of
 
     if fmt not in FORMATS:
         raise ValueError(f"export format {fmt!r} is not supported; expected one of {FORMATS}")
     params, meta = load_adapter(checkpoint)
-    configs = {n: AdapterConfig.from_dict(c) for n, c in meta.get("adapters", [])}
+    spec = spec_of(meta, f"checkpoint {checkpoint}")
+    configs = dict(spec.adapters)
     if name is None:
-        active = [n for n in meta.get("active", []) if n in configs]
+        active = [n for n in spec.active if n in configs]
         if len(active) != 1 and len(configs) != 1:
             raise ValueError(f"checkpoint {checkpoint} holds adapters {list(configs)}; pick one with --name")
         name = active[0] if len(active) == 1 else next(iter(configs))
     if name not in configs:
         raise KeyError(f"checkpoint {checkpoint} has no adapter {name!r}; it has {list(configs)}")
-    others = [re.compile(adapter_path_pattern(n)) for n in configs if n != name]
+    if spec.encoder is None:
+        raise ValueError(f"checkpoint {checkpoint}: metadata field 'encoder_config' is missing (the export needs "
+                         "the encoder's shape)")
+    others = re.compile(paths.adapter_pattern(*[n for n in configs if n != name])) if len(configs) > 1 else None
+    fusion = re.compile(paths.FUSION_LAYERS)
     flat = {p: np.asarray(x, np.float32) for p, x in tree.flatten(params).items()
-            if not any(rx.search(p) for rx in others) and "/fusion/" not in p}
-    head = HeadConfig(**meta["head"]) if meta.get("head") else None
-    enc = EncoderConfig(**meta["encoder_config"])
+            if not (others is not None and others.search(p)) and not fusion.search(p)}
     labels = tuple(meta.get("label_names") or ()) or None
-    bundle = AdapterBundle(name, configs[name], tree.unflatten(flat), head, labels, meta.get("base_model"),
-                           enc.model_type)
+    bundle = AdapterBundle(name, configs[name], tree.unflatten(flat), spec.head, labels, spec.base_model,
+                           spec.encoder.model_type)
+    enc = spec.encoder
     writer = write_adapterhub if fmt == "adapterhub" else write_peft
     return writer(out, bundle, encoder_config=enc, strict=strict)
 
@@ -217,7 +201,7 @@ def _resolve_base(bundle: AdapterBundle, base_model) -> Path:
 
 
 __all__ = [
-    "AdapterBundle", "FORMATS", "build_model", "bundle_from_params", "checkpoint_metadata", "detect_format",
+    "AdapterBundle", "FORMATS", "build_model", "bundle_from_params", "bundle_spec", "checkpoint_metadata", "detect_format",
     "export_adapter", "import_adapter", "read_adapter", "read_adapterhub", "read_peft", "write_adapterhub",
     "write_peft",
 ]

@@ -35,6 +35,7 @@ from typing import Optional
 import numpy as np
 
 from jadapt import tree
+from jadapt.adapters import paths
 from jadapt.adapters.config import AdapterConfig
 from jadapt.interop import AdapterBundle
 from jadapt.models.model import HeadConfig
@@ -70,7 +71,8 @@ _LEGACY_ACTIVATIONS = {"gelu": "gelu_new", "gelu_orig": "gelu"}  # files without
 _LEGACY_MODULES = ("attention_text_task_adapters", "attention_text_lang_adapters",
                    "layer_text_task_adapters", "layer_text_lang_adapters")
 _KEY = re.compile(r"^(?:[A-Za-z_]+\.)?encoder\.layer\.(\d+)\.(attention\.output|output)\.adapters\.([^.]+)\.(.+)$")
-_SITES = {"attention.output": "attn_adapter", "output": "ffn_adapter"}
+_SITES = {"attention.output": paths.ATTN_SITE, "output": paths.FFN_SITE}  # AdapterHub module -> jadapt site
+_MODULES = {v: k for k, v in _SITES.items()}
 _MODEL_CLASS = {"bert": "Bert", "roberta": "Roberta", "xlm-roberta": "XLMRoberta"}
 
 
@@ -373,10 +375,9 @@ def write_adapterhub(out: str | os.PathLike, bundle: AdapterBundle, *, encoder_c
     state, head_state, extra = {}, {}, []
     for path, value in tree.flatten(bundle.params).items():
         value = np.asarray(value, np.float32)
-        m = re.fullmatch(r"encoder/layer_(\d+)/(attn_adapter|ffn_adapter)/([^/]+)/(down|up|norm_before|norm_after)/"
-                         r"(kernel|bias|scale)", path)
+        m = paths.BOTTLENECK_LEAF.fullmatch(path)
         if m and m[3] == name:
-            site = "attention.output" if m[2] == "attn_adapter" else "output"
+            site = _MODULES[m[2]]
             base = f"encoder.layer.{m[1]}.{site}.adapters.{name}."
             leaf = "bias" if m[5] == "bias" else "weight"
             tensor = value.T if m[5] == "kernel" else value

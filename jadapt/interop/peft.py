@@ -32,6 +32,7 @@ from typing import Optional
 import numpy as np
 
 from jadapt import tree
+from jadapt.adapters import paths
 from jadapt.adapters.config import LORA_TARGETS, AdapterConfig, preset
 from jadapt.interop import AdapterBundle
 from jadapt.models.model import HeadConfig
@@ -44,8 +45,6 @@ TARGET_MODULES = {
     "attention_output": "attention.output.dense", "intermediate": "intermediate.dense", "output": "output.dense",
 }
 _MODULE_TARGET = {v: k for k, v in TARGET_MODULES.items()}
-_SCOPE = {"query": "attention/", "key": "attention/", "value": "attention/", "attention_output": "attention/",
-          "intermediate": "", "output": ""}
 _PREFIX = re.compile(r"^(bert|roberta|xlm_roberta|camembert|model)\.")
 _LORA = re.compile(r"^encoder\.layer\.(\d+)\.(" + "|".join(re.escape(m) for m in TARGET_MODULES.values())
                    + r")\.lora_([AB])(?:\.[^.]+)?\.weight$")
@@ -185,7 +184,7 @@ def read_peft(path: str | os.PathLike, *, name: Optional[str] = None,
         want_r = value.shape[0] if ab == "A" else value.shape[1]
         if want_r != cfg.lora_r:
             errors.append(f"layer {layer} {target} lora_{ab} has rank {want_r}, the config says r={cfg.lora_r}")
-        flat[f"encoder/layer_{layer}/{_SCOPE[target]}lora_{target}/{name}/lora_{ab.lower()}"] = value.T
+        flat[f"encoder/layer_{layer}/{paths.lora_path(target)}/{name}/lora_{ab.lower()}"] = value.T
     layers = sorted({layer for layer, _, _ in lora})
     want = {(layer, t, ab) for layer in range(len(layers)) for t in targets for ab in "AB"}
     if set(lora) != want:
@@ -312,11 +311,10 @@ def write_peft(out: str | os.PathLike, bundle: AdapterBundle, *, encoder_config,
     prefix = "base_model.model." + (_MODEL_PREFIX.get(model_type, "bert.") if head is not None else "")
     roberta_head = model_type != "bert"
     state, modules, errors = {}, [], []
-    targets = {f"{_SCOPE[t]}lora_{t}": t for t in cfg.lora_targets}
-    lora_rx = re.compile(r"encoder/layer_(\d+)/((?:attention/)?lora_\w+)/([^/]+)/lora_(a|b)")
+    targets = {paths.lora_path(t): t for t in cfg.lora_targets}
     for path, value in tree.flatten(bundle.params).items():
         value = np.asarray(value, np.float32)
-        if m := lora_rx.fullmatch(path):
+        if m := paths.LORA_LEAF.fullmatch(path):
             if m[3] != name or m[2] not in targets:
                 errors.append(f"{path} is not a target of adapter {name!r}")
                 continue

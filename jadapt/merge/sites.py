@@ -17,12 +17,10 @@ runs unchanged on tracers inside ``jit``.
 """
 from __future__ import annotations
 
-import re
 from typing import Any, Mapping, Optional, Sequence
 
 from jadapt import tree
-
-SITE_KEY = re.compile(r"^(attn_adapter|ffn_adapter|lora_\w+)$")
+from jadapt.adapters.paths import SITE_KEY
 
 # leaf path relative to the unit site -> the unit axis of that leaf
 UNIT_AXES = {

@@ -17,6 +17,7 @@ from typing import Callable, Iterable, Iterator, Mapping
 import numpy as np
 
 from jadapt import tree
+from jadapt.adapters.paths import ADAPTERS
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 
@@ -175,6 +176,4 @@ def convert_state_dict(state: Mapping[str, np.ndarray] | Iterable[tuple[str, np.
 
 
 def _is_backbone(path: str) -> bool:
-    return path.startswith(("embeddings/", "encoder/")) and not re.search(
-        r"/(attn_adapter|ffn_adapter|lora_\w+|fusion)/", path
-    )
+    return path.startswith(("embeddings/", "encoder/")) and not re.search(ADAPTERS, path)

@@ -8,20 +8,18 @@ uninterrupted run.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
 import time
 from pathlib import Path
-from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jadapt import tree
 from jadapt.train.config import TrainConfig
+from jadapt.train.model_setup import adapter_to_save, build_model, run_metadata
 from jadapt.train.optim import learning_rate_now, make_optimizer, split, trainable_labels
 from jadapt.train.step import init_state, jit_steps, make_eval_step, make_train_step
 
@@ -41,64 +39,6 @@ def prepare_data(cfg: TrainConfig, task, tokenizer_dir: Path, model_max_length: 
     train = data.encode(task, train_rows, tok, cfg.max_length, model_max_length=model_max_length)
     dev = data.encode(task, dev_rows, tok, cfg.max_length, model_max_length=model_max_length)
     return train, dev
-
-
-# ---------------------------------------------------------------- model
-def build_model(cfg: TrainConfig, task, model_dir: Path):
-    """(model, params, adapter names that train) for the run's method."""
-    from jadapt.adapters.config import preset
-    from jadapt.models.model import HeadConfig
-    from jadapt.models.pretrained import load_pretrained
-
-    head = HeadConfig(num_labels=1 if task.regression else task.num_labels, regression=task.regression,
-                      pooling=cfg.pooling)
-    adapters: tuple = ()
-    if cfg.method in ("houlsby", "pfeiffer", "parallel", "lora"):
-        kw: dict[str, Any] = {}
-        if cfg.method == "lora":
-            kw.update(lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha)
-        elif cfg.reduction_factor is not None:
-            kw.update(bottleneck=None, reduction_factor=cfg.reduction_factor)
-        else:
-            kw.update(bottleneck=cfg.bottleneck)
-        if cfg.train_layer_norms is not None:
-            kw.update(train_layer_norms=cfg.train_layer_norms)
-        adapters = ((cfg.name, preset(cfg.method, **kw)),)
-    if cfg.method == "fusion":
-        from jadapt.fusion.setup import load_for_fusion
-
-        return load_for_fusion(cfg, model_dir, head)
-    model, params = load_pretrained(model_dir, adapters=adapters, head=head,
-                                    compute_dtype=cfg.compute_dtype, seed=cfg.seed, remat=cfg.remat,
-                                    attention=cfg.attention)
-    if cfg.init_adapter:
-        params = _overlay_adapter(params, cfg.init_adapter, cfg.name, dict(adapters).get(cfg.name))
-    return model, params, [cfg.name] if adapters else []
-
-
-def _overlay_adapter(params: dict, ckpt_dir: str, name: str, config) -> dict:
-    """Start adapter ``name`` from a saved adapter (e.g. a MerA merge) of the same shape."""
-    from jadapt.checkpoint import load_adapter
-
-    saved, meta = load_adapter(ckpt_dir)
-    flat, own = tree.flatten(params), {}
-    saved_names = {n for n, _ in meta.get("adapters", [])}
-    for path, value in tree.flatten(saved).items():
-        parts = path.split("/")
-        if len(parts) > 3 and parts[3] in saved_names:  # encoder/layer_i/<site>/<name>/...
-            parts[3] = name
-        elif parts[0] == "head":
-            continue  # the target task's head is new
-        new_path = "/".join(parts)
-        if new_path not in flat:
-            raise ValueError(f"init adapter {ckpt_dir}: {path} has no place in this model")
-        if tuple(flat[new_path].shape) != tuple(value.shape):
-            raise ValueError(f"init adapter {ckpt_dir}: {path} has shape {tuple(value.shape)}, "
-                             f"the model expects {tuple(flat[new_path].shape)}")
-        own[new_path] = jnp.asarray(value)
-    if not own:
-        raise ValueError(f"init adapter {ckpt_dir} holds no adapter params")
-    return tree.merge(params, tree.unflatten(own))
 
 
 # ---------------------------------------------------------------- devices
@@ -292,36 +232,6 @@ def fit(cfg: TrainConfig) -> dict:
     if is_coordinator():
         write_metrics(out, result)
     return result
-
-
-def adapter_to_save(trainable: dict, frozen: dict, model) -> dict:
-    """The leaves an adapter checkpoint needs: the trained ones, plus (fusion) the fused
-    adapters, which are frozen in the run but part of the model."""
-    if model.fusion is None:
-        return jax.device_get(trainable)
-    from jadapt.models.pretrained import adapter_params
-
-    fused = [adapter_params(frozen, n) for n in model.active]
-    return jax.device_get(tree.merge(*fused, trainable))
-
-
-def run_metadata(cfg: TrainConfig, model, model_dir: Path, task) -> dict:
-    return {
-        "format": "jadapt-adapter",
-        "version": 1,
-        "base_model": str(cfg.model or model_dir),
-        "encoder_config": dataclasses.asdict(model.config),
-        "adapters": [[n, c.to_dict()] for n, c in model.adapters],
-        "active": list(model.active),
-        "head": dataclasses.asdict(model.head) if model.head else None,
-        "fusion": dataclasses.asdict(model.fusion) if model.fusion is not None else None,
-        "task": task.name,
-        "track": task.track,
-        "label_names": list(task.label_names),
-        "method": cfg.method,
-        "compute_dtype": cfg.compute_dtype,
-        "train_config": cfg.to_dict(),
-    }
 
 
 def write_metrics(out: Path, metrics: dict) -> None:

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from jadapt import tree
+from jadapt.adapters import paths
 
 TRAINABLE = ("decay", "no_decay")
 FROZEN = "frozen"
@@ -27,21 +28,25 @@ _NO_DECAY = re.compile(r"(/bias$|layer_norm/|norm_before/|norm_after/|embedding$
 
 def trainable_rules(method: str, adapter_names: Iterable[str] = (), *, train_layer_norms: bool = False,
                     train_head: bool = True) -> list[tuple[str, bool]]:
-    """(path regex, trains?) rules for a tuning method; first match wins."""
+    """(path regex, trains?) rules for a tuning method; first match wins.
+
+    ``fusion``: the fusion layers (and head) train, the fused adapters stay frozen unless
+    named in ``adapter_names`` (AdapterHub's ``unfreeze_adapters``).
+    """
     if method not in METHODS:
         raise ValueError(f"method {method!r} is not supported; expected one of {METHODS}")
     if method == "full":
         return [(r".", True)]
+    names = tuple(adapter_names)
     rules: list[tuple[str, bool]] = []
     if train_head:
-        rules.append((r"^head/", True))
+        rules.append((paths.HEAD, True))
     if method == "fusion":
-        rules.append((r"/(attn_adapter|ffn_adapter)/fusion/", True))
-    elif method != "head":
-        names = "|".join(re.escape(n) for n in adapter_names)
-        if not names:
-            raise ValueError(f"method {method!r} needs at least one adapter name")
-        rules.append((rf"/(attn_adapter|ffn_adapter|lora_\w+)/({names})/", True))
+        rules.append((paths.FUSION_LAYERS, True))
+    elif method != "head" and not names:
+        raise ValueError(f"method {method!r} needs at least one adapter name")
+    if names and method != "head":
+        rules.append((paths.adapter_pattern(*names), True))
     if train_layer_norms:
         rules.append((r"^encoder/layer_\d+/(attention_layer_norm|output_layer_norm)/", True))
     rules.append((r".", False))
