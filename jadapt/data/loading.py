@@ -78,10 +78,18 @@ def load_split(task: str | TaskSpec, split: str, data_dir: str | os.PathLike | N
     return rows
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+def read_jsonl(path: str | os.PathLike, limit: int | None = None) -> list[dict[str, Any]]:
+    """The records (the first ``limit``) of a JSON Lines file; a line that is not UTF-8 or
+    not JSON raises a ValueError naming ``path:line``."""
     out = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:  # decoded line by line, so an error can name its line
+        for lineno, raw in enumerate(f, 1):
+            if limit is not None and len(out) >= limit:
+                break
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not UTF-8 text ({e.reason} at byte {e.start} of the line)") from None
             if line.strip():
                 try:
                     out.append(json.loads(line))

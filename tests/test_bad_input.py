@@ -1,0 +1,136 @@
+"""Bad input, as a user types it: exit status 2 and exactly one stderr line
+``jadapt: error: ...`` that names the flag or the file (and line); no traceback, nothing after.
+
+One table, run under transformers 5 (the main venv) and 4.57 (the peers' venv, ``.ci/run``).
+Cases run in-process through ``jadapt.cli.main`` (fast: one JAX import for the table); cases
+marked ``subprocess`` run ``python -m jadapt.cli``, because what they guard against (a stray
+traceback from background threads) shows only when the interpreter exits.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import write_synthetic_task
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    id: str
+    argv: tuple[str, ...]  # {placeholders} filled from the ``paths`` fixture
+    expect: tuple[str, ...]  # substrings of the one error line
+    subprocess: bool = False
+
+
+CASES = [
+    Case("epochs-inf", ("train", "--task", "rte", "--epochs", "inf", "--out", "{tmp}/o"), ("--epochs", "'inf'")),
+    Case("epochs-nan", ("train", "--task", "rte", "--epochs", "nan", "--out", "{tmp}/o"), ("--epochs", "'nan'")),
+    Case("epochs-zero", ("train", "--task", "rte", "--epochs", "0", "--out", "{tmp}/o"), ("--epochs",)),
+    Case("epochs-word", ("train", "--task", "rte", "--epochs", "three", "--out", "{tmp}/o"), ("--epochs",)),
+    Case("batch-size-zero", ("train", "--task", "rte", "--batch-size", "0", "--out", "{tmp}/o"), ("--batch-size",)),
+    Case("train-size-negative", ("train", "--task", "rte", "--train-size", "-5", "--out", "{tmp}/o"),
+         ("--train-size", "'-5'")),
+    Case("k-shot-zero", ("train", "--task", "rte", "--k-shot", "0", "--out", "{tmp}/o"), ("--k-shot",)),
+    Case("max-length-zero", ("train", "--task", "rte", "--max-length", "0", "--out", "{tmp}/o"), ("--max-length",)),
+    Case("bottleneck-zero", ("train", "--task", "rte", "--bottleneck", "0", "--out", "{tmp}/o"), ("--bottleneck",)),
+    Case("lora-r-negative", ("train", "--task", "rte", "--lora-r", "-1", "--out", "{tmp}/o"), ("--lora-r",)),
+    Case("save-every-negative", ("train", "--task", "rte", "--save-every", "-1", "--out", "{tmp}/o"),
+         ("--save-every",)),
+    Case("eval-batch-size-zero", ("eval", "--checkpoint", "{run}", "--batch-size", "0", "--out", "{tmp}/o"),
+         ("--batch-size",)),
+    Case("unknown-task", ("train", "--task", "nosuchtask", "--out", "{tmp}/o"), ("unknown task 'nosuchtask'",)),
+    Case("unknown-method", ("train", "--task", "rte", "--method", "nosuchmethod", "--out", "{tmp}/o"),
+         ("--method", "'nosuchmethod'")),
+    Case("missing-out", ("train", "--task", "rte"), ("--out",)),
+    Case("missing-checkpoint-flag", ("eval", "--out", "{tmp}/o"), ("--checkpoint",)),
+    Case("missing-checkpoint-path", ("eval", "--checkpoint", "{tmp}/nowhere", "--out", "{tmp}/o"),
+         ("--checkpoint", "{tmp}/nowhere")),
+    Case("export-missing-checkpoint", ("export", "--checkpoint", "{tmp}/nowhere", "--format", "adapterhub",
+                                       "--out", "{tmp}/o"), ("--checkpoint", "{tmp}/nowhere")),
+    Case("checkpoint-is-no-checkpoint", ("eval", "--checkpoint", "{plain}", "--out", "{tmp}/o"),
+         ("{plain}", "missing metadata.json", "`jadapt train --out` folder")),
+    Case("run-without-best", ("eval", "--checkpoint", "{unfinished}", "--out", "{tmp}/o"),
+         ("{unfinished}", "no best/", "has not finished an evaluation yet")),
+    Case("weightless-model", ("train", "--task", "rte", "--model", "{weightless}", "--data-dir", "{data}",
+                              "--out", "{tmp}/o"), ("{weightless}", "has no weights")),
+    Case("missing-model", ("train", "--task", "rte", "--model", "{tmp}/no/model", "--out", "{tmp}/o"),
+         ("{tmp}/no/model",)),
+    Case("non-utf8-data", ("train", "--task", "rte", "--model", "{model}", "--data-dir", "{latin1}",
+                           "--no-progress", "--out", "{tmp}/o"), ("{latin1}/rte/train.jsonl:3:", "not UTF-8")),
+    Case("missing-data-dir", ("train", "--task", "rte", "--model", "{model}", "--data-dir", "{tmp}/nodata",
+                              "--out", "{tmp}/o"), ("{tmp}/nodata",)),
+    Case("truncated-array-file", ("eval", "--checkpoint", "{truncated}", "--data-dir", "{data}", "--out", "{tmp}/o"),
+         ("{truncated}/params", "truncated or corrupt"), subprocess=True),
+    Case("empty-array-file", ("eval", "--checkpoint", "{emptied}", "--data-dir", "{data}", "--out", "{tmp}/o"),
+         ("{emptied}/params", "truncated or corrupt"), subprocess=True),
+]
+
+# ---- Reliability cases (issue 21): append Case(...) entries here -------------------------------
+# (--out an existing file / read-only, --max-steps 0, --lr inf, eval task mismatch, the --out lock)
+RELIABILITY_CASES: list[Case] = []
+# ------------------------------------------------------------------------------------------------
+
+ALL = CASES + RELIABILITY_CASES
+
+
+def _damage(checkpoint: Path, size) -> None:
+    """Cut every orbax data file of ``checkpoint`` to ``size(old size)`` bytes."""
+    files = [f for f in (checkpoint / "params").rglob("*") if f.is_file() and f.parent.name == "d"]
+    assert files, "no orbax data files found to damage"
+    for f in files:
+        with open(f, "r+b") as fh:
+            fh.truncate(size(f.stat().st_size))
+
+
+@pytest.fixture(scope="module")
+def paths(tiny_runs, tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("bad_input")
+    weightless = root / "weightless"  # what transformers 4.57's BERT tokenizer met with a TypeError
+    weightless.mkdir()
+    shutil.copy(tiny_runs.model / "config.json", weightless / "config.json")
+    latin1 = write_synthetic_task(root / "latin1", "rte", n_train=8, n_dev=8)
+    lines = (latin1 / "rte" / "train.jsonl").read_bytes().splitlines(keepends=True)
+    lines[2] = json.dumps({"sentence1": "caf\u00e9", "sentence2": "x", "label": 0}).encode().replace(
+        b"caf\\u00e9", "café".encode("latin-1")) + b"\n"
+    (latin1 / "rte" / "train.jsonl").write_bytes(b"".join(lines))
+    plain = root / "plain"
+    plain.mkdir()
+    (plain / "notes.txt").write_text("not a checkpoint")
+    unfinished = root / "unfinished"
+    (unfinished / "checkpoints" / "4").mkdir(parents=True)
+    truncated, emptied = root / "truncated", root / "emptied"
+    shutil.copytree(tiny_runs.rte / "best", truncated)
+    shutil.copytree(tiny_runs.rte / "best", emptied)
+    _damage(truncated, lambda n: n // 2)
+    _damage(emptied, lambda n: 0)
+    return {"tmp": str(root / "tmp"), "run": str(tiny_runs.rte), "model": str(tiny_runs.model),
+            "data": str(tiny_runs.data), "weightless": str(weightless), "latin1": str(latin1), "plain": str(plain),
+            "unfinished": str(unfinished), "truncated": str(truncated), "emptied": str(emptied)}
+
+
+@pytest.mark.parametrize("case", ALL, ids=[c.id for c in ALL])
+def test_bad_input_is_one_line(case: Case, paths, capfd, monkeypatch):
+    argv = [a.format(**paths) for a in case.argv]
+    monkeypatch.setenv("JADAPT_ALLOCATOR", "system")
+    if case.subprocess:
+        p = subprocess.run([sys.executable, "-m", "jadapt.cli", *argv], capture_output=True, text=True, timeout=300)
+        rc, out, err = p.returncode, p.stdout, p.stderr
+    else:
+        from jadapt.cli import main
+
+        capfd.readouterr()
+        rc = main(argv)
+        out, err = capfd.readouterr()
+    assert "Traceback" not in err and "Traceback" not in out, err
+    lines = err.splitlines()
+    assert rc == 2, err
+    assert len(lines) == 1 and lines[0].startswith("jadapt: error: "), err
+    for want in case.expect:
+        assert want.format(**paths) in lines[0], lines[0]
+    assert out == "", out
