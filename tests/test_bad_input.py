@@ -9,15 +9,12 @@ traceback from background threads) shows only when the interpreter exits.
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-
-from conftest import write_synthetic_task
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,6 +23,7 @@ class Case:
     argv: tuple[str, ...]  # {placeholders} filled from the ``paths`` fixture
     expect: tuple[str, ...]  # substrings of the one error line
     subprocess: bool = False
+    env: tuple[tuple[str, str], ...] = ()  # set for the case; ("NAME", "") unsets NAME
 
 
 CASES = [
@@ -65,6 +63,11 @@ CASES = [
                            "--no-progress", "--out", "{tmp}/o"), ("{latin1}/rte/train.jsonl:3:", "not UTF-8")),
     Case("missing-data-dir", ("train", "--task", "rte", "--model", "{model}", "--data-dir", "{tmp}/nodata",
                               "--out", "{tmp}/o"), ("{tmp}/nodata",)),
+    Case("eval-a-merge", ("eval", "--checkpoint", "{merged}", "--task", "rte", "--data-dir", "{data}",
+                          "--out", "{tmp}/o"), ("{merged}", "no head", "--init-adapter {merged}")),
+    Case("no-data-offline", ("train", "--task", "rte", "--model", "{model}", "--out", "{tmp}/o"),
+         ("--data-dir", "JADAPT_DATA_DIR"), subprocess=True,  # datasets reads the offline flags at import
+         env=(("JADAPT_DATA_DIR", ""), ("HF_DATASETS_OFFLINE", "1"), ("HF_HUB_OFFLINE", "1"))),
     Case("truncated-array-file", ("eval", "--checkpoint", "{truncated}", "--data-dir", "{data}", "--out", "{tmp}/o"),
          ("{truncated}/params", "truncated or corrupt"), subprocess=True),
     Case("empty-array-file", ("eval", "--checkpoint", "{emptied}", "--data-dir", "{data}", "--out", "{tmp}/o"),
@@ -94,10 +97,10 @@ def paths(tiny_runs, tmp_path_factory) -> dict:
     weightless = root / "weightless"  # what transformers 4.57's BERT tokenizer met with a TypeError
     weightless.mkdir()
     shutil.copy(tiny_runs.model / "config.json", weightless / "config.json")
-    latin1 = write_synthetic_task(root / "latin1", "rte", n_train=8, n_dev=8)
+    latin1 = root / "latin1"  # line 3 of rte/train.jsonl written in Latin-1
+    shutil.copytree(tiny_runs.data / "rte", latin1 / "rte")
     lines = (latin1 / "rte" / "train.jsonl").read_bytes().splitlines(keepends=True)
-    lines[2] = json.dumps({"sentence1": "caf\u00e9", "sentence2": "x", "label": 0}).encode().replace(
-        b"caf\\u00e9", "café".encode("latin-1")) + b"\n"
+    lines[2] = b'{"sentence1": "caf\xe9", "sentence2": "x", "label": 0, "idx": 2}\n'
     (latin1 / "rte" / "train.jsonl").write_bytes(b"".join(lines))
     plain = root / "plain"
     plain.mkdir()
@@ -109,15 +112,29 @@ def paths(tiny_runs, tmp_path_factory) -> dict:
     shutil.copytree(tiny_runs.rte / "best", emptied)
     _damage(truncated, lambda n: n // 2)
     _damage(emptied, lambda n: 0)
-    return {"tmp": str(root / "tmp"), "run": str(tiny_runs.rte), "model": str(tiny_runs.model),
-            "data": str(tiny_runs.data), "weightless": str(weightless), "latin1": str(latin1), "plain": str(plain),
-            "unfinished": str(unfinished), "truncated": str(truncated), "emptied": str(emptied)}
+    merged = root / "merged"  # what `jadapt merge` writes: the averaged adapters, no head
+    from jadapt.checkpoint import load_adapter, save_adapter
+    from jadapt.merge import merge_adapters, unify_names
+
+    (a, meta), (b, _) = load_adapter(tiny_runs.rte), load_adapter(tiny_runs.mrpc)
+    adapters = unify_names([{"encoder": x["encoder"]} for x in (a, b)])
+    save_adapter(merged, merge_adapters(adapters, "average"), {**meta, "head": None})
+    names = ("tmp", "run", "model", "data", "weightless", "latin1", "plain", "unfinished", "truncated", "emptied",
+             "merged")
+    values = (root / "tmp", tiny_runs.rte, tiny_runs.model, tiny_runs.data, weightless, latin1, plain, unfinished,
+              truncated, emptied, merged)
+    return {n: str(v) for n, v in zip(names, values)}
 
 
 @pytest.mark.parametrize("case", ALL, ids=[c.id for c in ALL])
 def test_bad_input_is_one_line(case: Case, paths, capfd, monkeypatch):
     argv = [a.format(**paths) for a in case.argv]
     monkeypatch.setenv("JADAPT_ALLOCATOR", "system")
+    for name, value in case.env:
+        if value:
+            monkeypatch.setenv(name, value)
+        else:
+            monkeypatch.delenv(name, raising=False)
     if case.subprocess:
         p = subprocess.run([sys.executable, "-m", "jadapt.cli", *argv], capture_output=True, text=True, timeout=300)
         rc, out, err = p.returncode, p.stdout, p.stderr
