@@ -7,13 +7,20 @@ path, bad checkpoint, labels or lengths out of range) exits with status 2 and on
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import math
 import sys
 from pathlib import Path
 
 from jadapt import runtime
 from jadapt.models.config import ATTENTION_IMPLS, COMPUTE_DTYPES
 
-METHODS = ("houlsby", "pfeiffer", "parallel", "lora", "full", "fusion", "head")
+
+class _Parser(argparse.ArgumentParser):
+    """Bad flags get the same one line as every other bad input (no usage block)."""
+
+    def error(self, message: str):
+        self.exit(2, f"jadapt: error: {message}\n")
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -26,71 +33,132 @@ def _int_list(text: str) -> tuple[int, ...]:
     return out
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", default=None, help="local data root (else $JADAPT_DATA_DIR, else the HF hub)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-length", type=int, default=128)
-    p.add_argument("--buckets", type=_int_list, default=None,
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return v
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return v
+
+
+def _yes_no(text: str) -> bool:
+    if text not in ("yes", "no"):
+        raise argparse.ArgumentTypeError(f"expected yes or no, got {text!r}")
+    return text == "yes"
+
+
+def _train_defaults() -> dict:
+    """``TrainConfig``'s field defaults: the CLI states none of its own, so ``jadapt train``
+    and ``jadapt.fit(TrainConfig(...))`` build the same run from the same words."""
+    from jadapt.train.config import TrainConfig
+
+    return {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+
+
+def _eval_defaults() -> dict:
+    """``evaluate_checkpoint``'s keyword defaults, for the same reason."""
+    import inspect
+
+    from jadapt.train.evaluate import evaluate_checkpoint
+
+    return {n: p.default for n, p in inspect.signature(evaluate_checkpoint).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+
+
+def _add_common(p: argparse.ArgumentParser, d: dict) -> None:
+    p.add_argument("--data-dir", default=d["data_dir"],
+                   help="local data root (else $JADAPT_DATA_DIR, else the HF hub)")
+    p.add_argument("--batch-size", type=_positive_int, default=d["batch_size"], help="default: %(default)s")
+    p.add_argument("--max-length", type=_positive_int, default=d["max_length"], help="default: %(default)s")
+    p.add_argument("--buckets", type=_int_list, default=d["buckets"],
                    help="padded batch widths, comma list (default 8,16,24,32,48,64,96,128,...,512; "
                         "fewer widths: fewer compilations, more padding)")
     p.add_argument("--out", required=True, help="output directory (metrics.json, checkpoints, log)")
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
+    from jadapt.train.config import SHARDINGS
+    from jadapt.train.optim import METHODS
+
+    d = _train_defaults()
     p.add_argument("--task", required=True, help="e.g. rte, sst2, mrpc, stsb, mnli, xnli-de (see jadapt.data.TASKS)")
-    p.add_argument("--method", default="pfeiffer", help=f"one of {', '.join(METHODS)}")
-    p.add_argument("--model", default=None, help="HF model dir or hub id (default: packaged all-MiniLM-L6-v2)")
-    p.add_argument("--train-size", type=int, default=None, help="seeded subset of N training examples")
-    p.add_argument("--k-shot", type=int, default=None, help="k training examples per class")
-    p.add_argument("--epochs", type=float, default=3.0)
-    p.add_argument("--max-steps", type=int, default=None, help="stop after N steps (resumable)")
-    p.add_argument("--bottleneck", type=int, default=64)
-    p.add_argument("--reduction-factor", type=float, default=None)
-    p.add_argument("--lora-r", type=int, default=8)
-    p.add_argument("--lora-alpha", type=float, default=16.0)
-    p.add_argument("--lr", type=float, default=None, help="default: measured per method (see README)")
-    p.add_argument("--warmup-ratio", type=float, default=0.1)
-    p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--compute-dtype", default="float32", choices=COMPUTE_DTYPES,
+    p.add_argument("--method", default=d["method"], choices=METHODS, help="default: %(default)s")
+    p.add_argument("--model", default=d["model"], help="HF model dir or hub id (default: packaged all-MiniLM-L6-v2)")
+    p.add_argument("--train-size", type=_positive_int, default=d["train_size"],
+                   help="seeded subset of N training examples")
+    p.add_argument("--k-shot", type=_positive_int, default=d["k_shot"], help="k training examples per class")
+    p.add_argument("--epochs", type=_positive_float, default=d["epochs"], help="default: %(default)s")
+    p.add_argument("--max-steps", type=int, default=d["max_steps"], help="stop after N steps (resumable)")
+    p.add_argument("--bottleneck", type=_positive_int, default=d["bottleneck"], help="default: %(default)s")
+    p.add_argument("--reduction-factor", type=_positive_float, default=d["reduction_factor"],
+                   help="bottleneck = hidden size / this (instead of --bottleneck)")
+    p.add_argument("--lora-r", type=_positive_int, default=d["lora_r"], help="default: %(default)s")
+    p.add_argument("--lora-alpha", type=_positive_float, default=d["lora_alpha"],
+                   help="LoRA scaling is alpha / r (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=d["lr"], help="default: measured per method (see README)")
+    p.add_argument("--warmup-ratio", type=float, default=d["warmup_ratio"], help="default: %(default)s")
+    p.add_argument("--weight-decay", type=float, default=d["weight_decay"], help="default: %(default)s")
+    p.add_argument("--seed", type=int, default=d["seed"])
+    p.add_argument("--compute-dtype", default=d["compute_dtype"], choices=COMPUTE_DTYPES,
                    help="matmul precision; bfloat16: bf16 operands, fp32 results on CPU, bf16 results on GPU/TPU")
-    p.add_argument("--pooling", default="mean", choices=("mean", "cls"))
-    _add_attention(p)
-    p.add_argument("--train-layer-norms", default=None, choices=("yes", "no"))
-    p.add_argument("--init-adapter", default=None, help="adapter checkpoint to start from (e.g. a merge)")
-    p.add_argument("--fusion-adapters", nargs="*", default=(), help="adapter checkpoints to fuse (--method fusion)")
-    p.add_argument("--save-every", type=int, default=0, help="steps between resumable checkpoints (0: per epoch)")
-    p.add_argument("--sharding", default="dp", choices=("dp", "fsdp", "tp", "fsdp+tp"),
+    p.add_argument("--pooling", default=d["pooling"], choices=("mean", "cls"), help="default: %(default)s")
+    _add_attention(p, d)
+    p.add_argument("--train-layer-norms", type=_yes_no, default=d["train_layer_norms"], metavar="{yes,no}",
+                   help="default: the method's preset (yes for houlsby)")
+    p.add_argument("--init-adapter", default=d["init_adapter"],
+                   help="adapter checkpoint or training run folder to start from (e.g. a merge)")
+    p.add_argument("--fusion-adapters", nargs="*", default=d["fusion_adapters"],
+                   help="adapter checkpoints or training run folders to fuse (--method fusion)")
+    p.add_argument("--save-every", type=_non_negative_int, default=d["save_every"],
+                   help="steps between resumable checkpoints (0: per epoch)")
+    p.add_argument("--sharding", default=d["sharding"], choices=SHARDINGS,
                    help="how params are laid over the devices (batch is always data-parallel)")
-    p.add_argument("--remat", action="store_true",
+    p.add_argument("--remat", action="store_true", default=d["remat"],
                    help="recompute each layer's activations in the backward pass "
                         "(MiniLM step: ~0.5x XLA temp memory, ~1.2x time)")
-    p.add_argument("--no-compile-ahead", action="store_true",
+    p.add_argument("--no-compile-ahead", dest="compile_ahead", action="store_false", default=d["compile_ahead"],
                    help="compile each batch width's step when first met, not ahead in a background thread")
-    p.add_argument("--no-progress", action="store_true")
-    _add_common(p)
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=d["progress"])
+    _add_common(p, d)
+
+
+def train_config(args: argparse.Namespace):
+    """The ``TrainConfig`` of parsed ``jadapt train`` flags: every field the flags name."""
+    from jadapt.train.config import TrainConfig
+
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+    given["fusion_adapters"] = tuple(given.get("fusion_adapters") or ())
+    return TrainConfig(**given)
 
 
 def run_train(args) -> dict:
-    from jadapt.train.config import TrainConfig
     from jadapt.train.loop import fit
 
-    if args.method not in METHODS:
-        raise ValueError(f"method {args.method!r} is not supported; expected one of {METHODS}")
-    _check_task(args.task)
-    _check_model(args.model)
-    cfg = TrainConfig(
-        task=args.task, method=args.method, model=args.model, data_dir=args.data_dir, out=args.out,
-        train_size=args.train_size, k_shot=args.k_shot, epochs=args.epochs, max_steps=args.max_steps,
-        batch_size=args.batch_size, max_length=args.max_length, buckets=args.buckets, bottleneck=args.bottleneck,
-        reduction_factor=args.reduction_factor, lora_r=args.lora_r, lora_alpha=args.lora_alpha,
-        train_layer_norms=None if args.train_layer_norms is None else args.train_layer_norms == "yes",
-        lr=args.lr, warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay, seed=args.seed,
-        compute_dtype=args.compute_dtype, pooling=args.pooling, init_adapter=args.init_adapter,
-        fusion_adapters=tuple(args.fusion_adapters), save_every=args.save_every,
-        progress=not args.no_progress, sharding=args.sharding, attention=args.attention,
-        remat=args.remat, compile_ahead=not args.no_compile_ahead,
-    )
+    cfg = train_config(args)
+    _check_task(cfg.task)
+    _check_model(cfg.model)
     result = fit(cfg)
     main = _main_metric(result)
     print(f"{result['task']} {result['method']}: dev {main[0]} = {main[1]:.4f} "
@@ -99,15 +167,17 @@ def run_train(args) -> dict:
 
 
 def add_eval_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="adapter checkpoint dir (e.g. <train out>/best)")
-    p.add_argument("--task", default=None, help="default: the checkpoint's task")
-    p.add_argument("--split", default=None, help="default: the task's dev split")
-    _add_attention(p)
-    _add_common(p)
+    d = _eval_defaults()
+    p.add_argument("--checkpoint", required=True,
+                   help="adapter checkpoint dir, or a training run folder (<train out>: its best/)")
+    p.add_argument("--task", default=d["task"], help="default: the checkpoint's task")
+    p.add_argument("--split", default=d["split"], help="default: the task's dev split")
+    _add_attention(p, d)
+    _add_common(p, d)
 
 
-def _add_attention(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--attention", default="matmul", choices=ATTENTION_IMPLS,
+def _add_attention(p: argparse.ArgumentParser, d: dict) -> None:
+    p.add_argument("--attention", default=d["attention"], choices=ATTENTION_IMPLS,
                    help="attention kernel: matmul (fastest on CPU) or fused (jax.nn.dot_product_attention, "
                         "cuDNN flash attention on GPUs; skips attention-probability dropout in training)")
 
@@ -118,7 +188,7 @@ def run_eval(args) -> dict:
     if args.task is not None:
         _check_task(args.task)
     if not Path(args.checkpoint).exists():
-        raise FileNotFoundError(f"checkpoint path {args.checkpoint} does not exist")
+        raise FileNotFoundError(f"--checkpoint {args.checkpoint}: the path does not exist")
     result = evaluate_checkpoint(args.checkpoint, task=args.task, data_dir=args.data_dir, split=args.split,
                                  batch_size=args.batch_size, max_length=args.max_length,
                                  attention=args.attention, buckets=args.buckets)
@@ -146,33 +216,31 @@ def _check_task(task: str) -> None:
 
 
 def _check_model(model) -> None:
-    from jadapt.models.hf import resolve_model_path
+    from jadapt.models.hf import require_weights, resolve_model_path
 
-    resolve_model_path(model)
+    require_weights(resolve_model_path(model))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jadapt", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_train_args(sub.add_parser("train", help="adapter-tune (or fully fine-tune) on a task"))
-    add_eval_args(sub.add_parser("eval", help="evaluate an adapter checkpoint on a task"))
-    commands = {"train": run_train, "eval": run_eval}
-    for name, module, add, run, help_ in (
-        ("merge", "jadapt.merge.command", "add_merge_args", "run_merge", "merge K adapters into one (MerA)"),
-        ("rsa", "jadapt.analysis.command", "add_rsa_args", "run_rsa", "layer-wise RSA / CKA vs the base model"),
-        ("import", "jadapt.interop.command", "add_import_args", "run_import", "import an AdapterHub / PEFT folder"),
-        ("export", "jadapt.interop.command", "add_export_args", "run_export", "export to AdapterHub / PEFT"),
-    ):
-        try:
-            mod = __import__(module, fromlist=[add])
-        except ImportError:
-            continue
-        getattr(mod, add)(sub.add_parser(name, help=help_))
-        commands[name] = getattr(mod, run)
+    from jadapt.analysis.command import add_rsa_args, run_rsa
     from jadapt.convert.command import add_convert_args, run_convert
+    from jadapt.interop.command import add_export_args, add_import_args, run_export, run_import
+    from jadapt.merge.command import add_merge_args, run_merge
 
-    add_convert_args(sub.add_parser("convert", help="write a model shipped in another format as an HF folder"))
-    commands["convert"] = run_convert
+    parser = _Parser(prog="jadapt", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    commands = {}
+    for name, add, run, help_ in (
+        ("train", add_train_args, run_train, "adapter-tune (or fully fine-tune) on a task"),
+        ("eval", add_eval_args, run_eval, "evaluate an adapter checkpoint on a task"),
+        ("merge", add_merge_args, run_merge, "merge K adapters into one (MerA)"),
+        ("rsa", add_rsa_args, run_rsa, "layer-wise RSA / CKA vs the base model"),
+        ("import", add_import_args, run_import, "import an AdapterHub / PEFT folder"),
+        ("export", add_export_args, run_export, "export to AdapterHub / PEFT"),
+        ("convert", add_convert_args, run_convert, "write a model shipped in another format as an HF folder"),
+    ):
+        add(sub.add_parser(name, help=help_))
+        commands[name] = run
     parser.set_defaults(_commands=commands)
     return parser
 
@@ -181,7 +249,10 @@ def main(argv=None) -> int:
     runtime.maybe_reexec_with_allocator(argv)
     runtime.apply_xla_flags(argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # bad flags (one line already printed), --help
+        return e.code if isinstance(e.code, int) else 2
     runtime.enable_compilation_cache(argv)
     try:
         from jadapt.distributed import initialize

@@ -107,3 +107,21 @@ def write_synthetic_task(root: Path, task: str = "rte", n_train: int = 96, n_dev
 @pytest.fixture()
 def synthetic_data_dir(tmp_path) -> Path:
     return write_synthetic_task(tmp_path / "data")
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tmp_path_factory, tiny_model_dir):
+    """Two finished ``jadapt train --out`` folders on the tiny model: rte and mrpc (synthetic
+    data in ``.data``), Pfeiffer adapters of one shape, so they merge and fuse."""
+    from types import SimpleNamespace
+
+    from jadapt.train.config import TrainConfig
+    from jadapt.train.loop import fit
+
+    root = tmp_path_factory.mktemp("tiny_runs")
+    for task in ("rte", "mrpc"):
+        write_synthetic_task(root / "data", task, n_train=32, n_dev=16)
+        fit(TrainConfig(task=task, method="pfeiffer", model=str(tiny_model_dir), data_dir=str(root / "data"),
+                        out=str(root / task), epochs=1, batch_size=16, eval_batch_size=16, max_length=16,
+                        bottleneck=4, progress=False, compile_ahead=False))
+    return SimpleNamespace(model=tiny_model_dir, data=root / "data", rte=root / "rte", mrpc=root / "mrpc")

@@ -168,7 +168,8 @@ def test_missing_and_foreign_paths(tmp_path, tiny_model_dir):
     junk.mkdir()
     (junk / "weights.bin").write_bytes(b"\x00" * 10)
     where = re.escape(str(junk))
-    with pytest.raises(CheckpointError, match=rf"not a jadapt checkpoint: {where} \(missing metadata.json\)$"):
+    with pytest.raises(CheckpointError, match=rf"not a jadapt checkpoint: {where} \(missing metadata.json\); "
+                                              r"pass an adapter checkpoint folder or a `jadapt train --out` folder$"):
         load_adapter(junk)
     (junk / "metadata.json").write_text(json.dumps({"format": "something-else"}))
     with pytest.raises(CheckpointError, match="format 'something-else'"):

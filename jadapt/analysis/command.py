@@ -62,17 +62,24 @@ def load_texts(task: str, data_dir: str | os.PathLike | None = None, split: str 
     if not path.is_file():
         have = sorted(p.stem for p in (root / task).glob("*.jsonl")) if (root / task).is_dir() else []
         raise FileNotFoundError(f"no {path}; splits present for {task!r}: {have or 'none (check --data-dir)'}")
+    from jadapt.data.loading import read_jsonl
+
     out = []
-    with open(path) as f:
-        for line in f:
-            if limit is not None and len(out) >= limit:
-                break
-            row = json.loads(line)
-            fields = next((fs for fs in TEXT_FIELDS if all(k in row for k in fs)), None)
-            if fields is None:
-                raise ValueError(f"{path}: no known text fields in row keys {sorted(row)}; known: {TEXT_FIELDS}")
-            out.append(row[fields[0]] if len(fields) == 1 else (row[fields[0]], row[fields[1]]))
+    for row in read_jsonl(path, limit=limit):
+        fields = next((fs for fs in TEXT_FIELDS if all(k in row for k in fs)), None)
+        if fields is None:
+            raise ValueError(f"{path}: no known text fields in row keys {sorted(row)}; known: {TEXT_FIELDS}")
+        out.append(row[fields[0]] if len(fields) == 1 else (row[fields[0]], row[fields[1]]))
     return out
+
+
+def _read_text(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raw = Path(path).read_bytes()
+        line = raw[: e.start].count(b"\n") + 1
+        raise ValueError(f"{path}:{line}: not UTF-8 text ({e.reason})") from None
 
 
 def is_hf_model_dir(path: Any) -> bool:
@@ -152,7 +159,7 @@ def run_rsa(args: argparse.Namespace) -> None:
     config = CompareConfig(level=args.level, tokens_per_sentence=args.tokens_per_sentence, seed=args.seed,
                            block_size=args.block_size)
     if args.text_file:
-        texts = [t.strip() for t in Path(args.text_file).read_text().splitlines() if t.strip()][: args.num_sentences]
+        texts = [t.strip() for t in _read_text(args.text_file).splitlines() if t.strip()][: args.num_sentences]
     else:
         texts = load_texts(args.task, args.data_dir, args.split, args.num_sentences)
     if len(texts) < 3:

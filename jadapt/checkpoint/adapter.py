@@ -65,8 +65,11 @@ def save_adapter(directory: str | os.PathLike, params: Mapping[str, Any], metada
 
 
 def load_adapter(directory: str | os.PathLike) -> tuple[dict, dict]:
-    """(params subtree as jax arrays, metadata) of an adapter checkpoint, verified leaf by leaf."""
-    path = files.existing_dir(directory)
+    """(params subtree as jax arrays, metadata) of an adapter checkpoint, verified leaf by leaf.
+
+    ``directory``: a checkpoint, or a training run folder (``jadapt train --out``), which
+    stands for its best-dev checkpoint (``files.resolve_checkpoint``)."""
+    path = files.resolve_checkpoint(directory)
     meta = files.read_metadata(path)
     manifest = meta.pop("arrays", None)
     if not isinstance(manifest, dict) or not manifest:
@@ -83,7 +86,8 @@ def load_adapter(directory: str | os.PathLike) -> tuple[dict, dict]:
     try:
         import orbax.checkpoint as ocp
 
-        restored = _checkpointer().restore(arrays, args=ocp.args.StandardRestore(tree.unflatten(target)))
+        with files.quiet_failed_reads():
+            restored = _checkpointer().restore(arrays, args=ocp.args.StandardRestore(tree.unflatten(target)))
     except Exception as e:  # tensorstore / orbax raise many types; name the path and the cause
         msg = str(e).strip().splitlines()[0][:400] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"truncated or corrupt jadapt checkpoint: {arrays}: "

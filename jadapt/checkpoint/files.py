@@ -7,12 +7,15 @@ moved aside (``.<name>.old-<id>``) only after its successor is complete, and del
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import shutil
+import sys
 import uuid
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
@@ -21,6 +24,10 @@ VERSION = 1
 SUPPORTED_VERSIONS = (1,)
 METADATA_FILE = "metadata.json"
 ARRAYS_DIR = "params"
+# What ``jadapt train --out`` leaves in a run folder: its best-dev adapter checkpoint, the
+# resumable train states, the summary.
+RUN_BEST = "best"
+RUN_MARKERS = ("checkpoints", "metrics.json", "best_metrics.json", "log.jsonl")
 
 
 class CheckpointError(ValueError):
@@ -77,6 +84,29 @@ def existing_dir(directory: str | os.PathLike) -> Path:
     return path
 
 
+def resolve_checkpoint(directory: str | os.PathLike) -> Path:
+    """The adapter checkpoint ``directory`` names, as an absolute path.
+
+    Users hand over the folder they gave ``jadapt train --out``, so a training run folder
+    stands for its best-dev checkpoint (said in one line on stderr). A folder holding
+    ``metadata.json`` is a checkpoint; anything else is returned as it is, for
+    ``read_metadata`` to say what it is instead.
+    """
+    path = existing_dir(directory)
+    if not path.is_dir() or (path / METADATA_FILE).is_file():
+        return path
+    best = path / RUN_BEST
+    if not any((path / m).exists() for m in (RUN_BEST, *RUN_MARKERS)):
+        return path
+    if not best.exists():
+        found = ", ".join(m + ("/" if (path / m).is_dir() else "") for m in RUN_MARKERS if (path / m).exists())
+        raise CheckpointError(f"{path} is a training run folder (it holds {found}) but has no {RUN_BEST}/: "
+                              "the run has not finished an evaluation yet (rerun the same `jadapt train` "
+                              "command to resume it)")
+    print(f"jadapt: {path} is a training run folder: using its best checkpoint {best}", file=sys.stderr)
+    return best
+
+
 def read_metadata(path: Path) -> dict:
     """The parsed, format- and version-checked ``metadata.json`` of checkpoint ``path``."""
     if not path.is_dir():
@@ -100,10 +130,11 @@ def read_metadata(path: Path) -> dict:
 
 def _what_it_is(path: Path) -> str:
     if (path / "config.json").is_file():
-        return "; it looks like a Hugging Face model directory: load it with load_pretrained"
+        return "; it looks like a Hugging Face model directory: pass it as --model / load it with load_pretrained"
     if any(p.name.isdigit() and p.is_dir() for p in path.iterdir()):
-        return "; it looks like a training-checkpoint directory: use TrainCheckpointer"
-    return ""
+        return (f"; it holds resumable train states: pass the run folder {path.parent} "
+                f"or its {RUN_BEST}/ instead")
+    return "; pass an adapter checkpoint folder or a `jadapt train --out` folder"
 
 
 def check_replaceable(path: Path) -> None:
@@ -158,3 +189,41 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def quiet_failed_reads() -> Iterator[None]:
+    """Around an orbax restore: if it fails, keep the failure to the one error it raises.
+
+    orbax runs a restore's tensorstore reads on a fresh event loop and closes that loop as
+    soon as one read fails; the other reads still land afterwards, on tensorstore's threads,
+    and each then reports "Event loop is closed" (an unraisable RuntimeError) or "Task
+    exception was never retrieved" (asyncio's log), a traceback printed after the clear
+    message of the failed restore, or at exit. Those reports are dropped: the restore has
+    already failed and said why. The filters stay installed after a failure (the late reads
+    may land any time) and are removed after a success.
+    """
+    previous = sys.unraisablehook
+    log, noise = logging.getLogger("asyncio"), _FailedReadLog()
+
+    def hook(unraisable):
+        if not _is_closed_loop(unraisable.exc_value):
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+    log.addFilter(noise)
+    yield
+    if sys.unraisablehook is hook:  # reached only when the restore succeeded
+        sys.unraisablehook = previous
+    log.removeFilter(noise)
+
+
+def _is_closed_loop(exc: BaseException | None) -> bool:
+    return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+
+
+class _FailedReadLog(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (str(record.msg).startswith("Task exception was never retrieved")
+                    and (_is_closed_loop(exc) or "tensorstore" in str(exc)))

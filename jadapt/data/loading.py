@@ -78,10 +78,19 @@ def load_split(task: str | TaskSpec, split: str, data_dir: str | os.PathLike | N
     return rows
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+def read_jsonl(path: str | os.PathLike, limit: int | None = None) -> list[dict[str, Any]]:
+    """The records (the first ``limit``) of a JSON Lines file; a line that is not UTF-8 or
+    not JSON raises a ValueError naming ``path:line``."""
     out = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:  # decoded line by line, so an error can name its line
+        for lineno, raw in enumerate(f, 1):
+            if limit is not None and len(out) >= limit:
+                break
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not UTF-8 text ({e.reason} at byte {e.start} of the line)"
+                                 ) from None
             if line.strip():
                 try:
                     out.append(json.loads(line))
@@ -144,7 +153,12 @@ def _read_hub(spec: TaskSpec, split: str) -> tuple[dict[str, list], str]:
 
     path, config = spec.hub
     hub_split = spec.hub_split(split)
-    ds = datasets.load_dataset(path, config, split=hub_split)
+    try:
+        ds = datasets.load_dataset(path, config, split=hub_split)
+    except Exception as e:  # offline, unknown config...: the fix is local data, so say how to give it
+        cause = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise FileNotFoundError(f"task {spec.name}: no local data given (--data-dir DIR or ${DATA_DIR_ENV}) and "
+                                f"the Hugging Face hub dataset {path}/{config} cannot be loaded ({cause})") from e
     fields = (*spec.text_fields, spec.label_field)
     missing = [f for f in fields if f not in ds.column_names]
     if missing:

@@ -368,7 +368,9 @@ def write_adapterhub(out: str | os.PathLike, bundle: AdapterBundle, *, encoder_c
     ``model.load_adapter(out)`` loads, with the head as a flex classification head.
 
     ``strict=False`` drops what AdapterHub cannot hold (trained base params such as
-    LayerNorms; a mean-pooling head) with a warning instead of raising.
+    LayerNorms) with a warning instead of raising. A head that does not pool the first
+    token (jadapt's default mean pooling) is always left out, with a warning: the adapter
+    is complete without it, and a new head is what a user of the adapter trains anyway.
     """
     cfg, name, hidden = bundle.config, bundle.name, encoder_config.hidden_size
     full = config_to_adapterhub(cfg, hidden)
@@ -397,8 +399,9 @@ def write_adapterhub(out: str | os.PathLike, bundle: AdapterBundle, *, encoder_c
     if not state:
         raise ValueError(f"bundle {name!r} holds no params of adapter {name!r}")
     head = bundle.head
-    if head is not None and head.pooling != "cls":
-        _refuse(strict, f"head pooling {head.pooling!r}: AdapterHub classification heads pool the first token")
+    if head is not None and head.pooling != "cls":  # the adapter is still whole: write it, say what is left
+        warnings.warn(f"head not exported: it pools by {head.pooling!r}, AdapterHub classification heads pool "
+                      "the first token (train with --pooling cls to export the head too)", stacklevel=2)
         head, head_state = None, {}
     if extra:
         _refuse(strict, f"{len(extra)} param(s) outside the adapter and head have no place in an AdapterHub "

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
+import warnings
 from pathlib import Path
 
 from jadapt.interop import FORMATS
@@ -56,11 +58,21 @@ def run_export(args) -> dict:
     from jadapt.interop import export_adapter
 
     if not Path(args.checkpoint).exists():
-        raise FileNotFoundError(f"checkpoint path {args.checkpoint} does not exist")
-    out = export_adapter(args.checkpoint, args.format, args.out, name=args.name, strict=not args.drop_unsupported)
+        raise FileNotFoundError(f"--checkpoint {args.checkpoint}: the path does not exist")
+    with warnings.catch_warnings(record=True) as caught:  # what was left out: one line each, no warning frames
+        warnings.simplefilter("always")
+        out = export_adapter(args.checkpoint, args.format, args.out, name=args.name,
+                             strict=not args.drop_unsupported)
+    left_out = []
+    for w in caught:
+        if issubclass(w.category, UserWarning) and "jadapt" in Path(w.filename).parts:
+            left_out.append(str(w.message))
+            print(f"jadapt: note: {w.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     files = sorted(f.name for f in Path(out).iterdir() if f.name != "metrics.json")
     result = {"command": "export", "format": args.format, "checkpoint": str(args.checkpoint), "out": str(out),
-              "files": files}
+              "files": files, "left_out": left_out}
     _write_metrics(Path(out), result)
     print(f"exported {args.checkpoint} as {args.format} -> {out} ({', '.join(files)})")
     return result

@@ -96,24 +96,32 @@ def resolve_model_path(name_or_path: str | os.PathLike | None) -> Path:
         raise FileNotFoundError(f"model {s} is neither a local directory nor a reachable hub id ({e})") from e
 
 
+def require_weights(model_dir: str | os.PathLike) -> Path:
+    """``model_dir``, or FileNotFoundError where it holds no weights. Checked before any
+    tokenizer is opened: transformers 4.57 fails on a folder with only ``config.json``
+    inside its BERT tokenizer, with a TypeError that names neither the folder nor the cause."""
+    d = Path(model_dir)
+    if not (any(d.glob("model*.safetensors")) or (d / "pytorch_model.bin").is_file()):
+        raise FileNotFoundError(f"model directory {d} has no weights (model.safetensors or pytorch_model.bin)")
+    return d
+
+
 def iter_state_dict(model_dir: str | os.PathLike) -> Iterator[tuple[str, np.ndarray]]:
     """(name, fp32 numpy tensor) pairs of a HF checkpoint, one at a time: ``model.safetensors``
     (sharded too) is read tensor by tensor, so converting it never holds the file twice;
     else ``pytorch_model.bin`` (needs torch). A folder without weights, or a ``.bin`` without
     torch, raises here, before the first tensor is asked for."""
-    d = Path(model_dir)
+    d = require_weights(model_dir)
     shards = sorted(d.glob("model*.safetensors"))
     if shards:
         return _safetensors_items(shards)
-    if (d / "pytorch_model.bin").is_file():
-        try:
-            import torch
-        except ImportError as e:
-            raise FileNotFoundError(
-                f"{d} has only pytorch_model.bin; install torch (pip install torch==2.13.0) or convert to safetensors"
-            ) from e
-        return _torch_items(torch.load(str(d / "pytorch_model.bin"), map_location="cpu", weights_only=True))
-    raise FileNotFoundError(f"model directory {d} has no weights (model.safetensors or pytorch_model.bin)")
+    try:
+        import torch
+    except ImportError as e:
+        raise FileNotFoundError(
+            f"{d} has only pytorch_model.bin; install torch (pip install torch==2.13.0) or convert to safetensors"
+        ) from e
+    return _torch_items(torch.load(str(d / "pytorch_model.bin"), map_location="cpu", weights_only=True))
 
 
 def _safetensors_items(shards) -> Iterator[tuple[str, np.ndarray]]:

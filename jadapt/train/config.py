@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Optional
 
+from jadapt.adapters.config import preset
 from jadapt.models.config import ATTENTION_IMPLS, COMPUTE_DTYPES
 from jadapt.train.optim import METHODS
 
@@ -11,6 +13,9 @@ from jadapt.train.optim import METHODS
 DEFAULT_LR = {"houlsby": 1e-3, "pfeiffer": 1e-3, "parallel": 1e-3, "lora": 1e-3, "fusion": 5e-4,
               "head": 1e-3, "full": 5e-5}
 SHARDINGS = ("dp", "fsdp", "tp", "fsdp+tp")
+# The adapter fields default to the presets' values (``jadapt.preset``), so a run and a model
+# built by hand from the same method name get the same adapter.
+_BOTTLENECK, _LORA = preset("pfeiffer"), preset("lora")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,10 +33,10 @@ class TrainConfig:
     eval_batch_size: int = 64
     max_length: int = 128
     buckets: Optional[tuple[int, ...]] = None  # padded batch widths; None: jadapt.data.DEFAULT_BUCKETS
-    bottleneck: Optional[int] = 64
-    reduction_factor: Optional[float] = None
-    lora_r: int = 8
-    lora_alpha: float = 16.0
+    bottleneck: Optional[int] = _BOTTLENECK.bottleneck
+    reduction_factor: Optional[float] = _BOTTLENECK.reduction_factor
+    lora_r: int = _LORA.lora_r
+    lora_alpha: float = _LORA.lora_alpha
     train_layer_norms: Optional[bool] = None  # None: the method's preset
     lr: Optional[float] = None  # None: DEFAULT_LR[method]
     warmup_ratio: float = 0.1
@@ -61,8 +66,8 @@ class TrainConfig:
         if self.buckets is not None and (not self.buckets or any(not isinstance(b, int) or b < 1
                                                                   for b in self.buckets)):
             raise ValueError(f"buckets must be positive ints (padded batch widths), got {self.buckets!r}")
-        if self.epochs <= 0:
-            raise ValueError(f"epochs must be > 0, got {self.epochs}")
+        if not (isinstance(self.epochs, (int, float)) and math.isfinite(self.epochs) and self.epochs > 0):
+            raise ValueError(f"epochs must be a finite number > 0, got {self.epochs!r}")
         if self.train_size is not None and self.train_size < 1:
             raise ValueError(f"train_size must be >= 1, got {self.train_size}")
         if self.k_shot is not None and self.k_shot < 1:

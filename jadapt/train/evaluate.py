@@ -19,7 +19,10 @@ def evaluate_checkpoint(checkpoint: str, *, task: Optional[str] = None, data_dir
     spec = data.get_task(task or meta["task"])
     head = model.head
     want = 1 if spec.regression else spec.num_labels
-    if head is None or head.num_labels != want or head.regression != spec.regression:
+    if head is None:  # e.g. a merge: heads belong to their source tasks, so merging drops them
+        raise ValueError(f"checkpoint {checkpoint} holds adapters but no head (a merge?); train one on the "
+                         f"task first: jadapt train --task {spec.name} --init-adapter {checkpoint} --out DIR")
+    if head.num_labels != want or head.regression != spec.regression:
         raise ValueError(f"checkpoint {checkpoint} has a head for {meta.get('task')!r} "
                          f"({None if head is None else head.num_labels} outputs); task {spec.name!r} needs {want}")
     if max_length > model.config.max_length:
