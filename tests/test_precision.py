@@ -1,4 +1,4 @@
-"""The bfloat16 compute path, the custom VJPs and hash dropout (jadapt/models/layers.py).
+"""The bfloat16 compute path, the custom VJPs and hash dropout (jadapt/layers/).
 
 Tolerances are stated in units of bf16's unit roundoff U = 2**-9 (~0.2 %): each bf16
 operand carries a relative error of at most U, fp32 accumulation adds almost nothing.
@@ -23,7 +23,11 @@ import pytest
 from jadapt import tree
 from jadapt.adapters.config import preset
 from jadapt.models.config import EncoderConfig
-from jadapt.models.layers import Dropout, bf16_matmul, einsum, gelu, hash_dropout_mask, layer_norm, matmul
+from jadapt.layers.activations import gelu
+from jadapt.layers.dropout import Dropout, hash_dropout_mask
+from jadapt.layers.einsum import einsum
+from jadapt.layers.matmul import bf16_matmul, matmul
+from jadapt.layers.norm import layer_norm
 from jadapt.models.model import AdapterModel, HeadConfig
 from jadapt.models.pretrained import init_params
 
@@ -281,7 +285,7 @@ def test_dropout_module_scales_kept_and_zeroes_dropped():
 
 # --------------------------------------------------------------------------- precision policies
 def test_result_dtype_follows_platform_and_explicit_policy(monkeypatch):
-    from jadapt.models import layers
+    from jadapt.layers import precision as layers
 
     assert layers.result_dtype("float32") == jnp.float32
     assert layers.result_dtype("bfloat16") == jnp.float32  # this CPU: XLA:CPU's bf16 kernels give fp32
@@ -316,7 +320,7 @@ def test_accelerator_lowering_matches_cpu_forms(monkeypatch, attention):
     """Lowered for a GPU / TPU (``on_cpu`` False), ``bfloat16`` is ``bfloat16:bfloat16`` with
     plain einsums: the numbers of the CPU's canonical products (identical here), no
     optimization barriers, and the encoder's Dense products have bf16 results."""
-    from jadapt.models import layers
+    from jadapt.layers import precision as layers
 
     params = init_params(_model("float32"), jax.random.key(0))
     ids, mask = _inputs(2)

@@ -125,7 +125,7 @@ def config_from_adapterhub(config: Mapping | str, *, bottleneck: Optional[int] =
     act = _LEGACY_ACTIVATIONS.get(act, act) if legacy else act
     act = _ACT_ALIASES.get(act, act)
     try:
-        from jadapt.models.layers import activation
+        from jadapt.layers.activations import activation
 
         activation(act)
     except ValueError:
