@@ -77,7 +77,7 @@ def init_fusion_params(model: AdapterModel, rng: jax.Array) -> dict:
         raise ValueError(f"adapters {model.active} created no fusion layer (no bottleneck site?)")
     d = model.config.hidden_size
     k = len([n for n in model.active if n in dict(model.adapters)])
-    layer = FusionLayer(model.fusion, model.compute_dtype)
+    layer = FusionLayer(model.fusion, compute_dtype=model.compute_dtype)
     x = jnp.zeros((1, 1, d), jnp.float32)
     init = jax.jit(lambda key: layer.init(key, x, jnp.zeros((1, 1, k, d), jnp.float32), x)["params"])
     keys = jax.random.split(rng, len(sites))
