@@ -2,7 +2,7 @@
 matmul form, at one shape (BERT-base 256 x 128 by default).
 
 ``matmul``: two products + fp32 softmax (``--attention matmul``); ``fused``:
-``jadapt.models.encoder.fused_attention`` (cuDNN flash attention on a GPU); ``xla``:
+``jadapt.layers.attention.fused_attention`` (cuDNN flash attention on a GPU); ``xla``:
 ``jax.nn.dot_product_attention`` with JAX's default (unfused XLA) implementation. Exit status 1
 when ``fused`` differs from ``matmul`` by more than bf16 rounding allows (the GPU run gates its
 ``--attention fused`` rows on that).
@@ -33,8 +33,8 @@ def main() -> None:
     import jax
     import jax.numpy as jnp
 
-    from jadapt.models.encoder import fused_attention
-    from jadapt.models.layers import einsum
+    from jadapt.layers.attention import fused_attention
+    from jadapt.layers.einsum import einsum
 
     b, s, n, h = args.batch, args.seq, args.heads, args.head_dim
     ks = jax.random.split(jax.random.key(0), 4)

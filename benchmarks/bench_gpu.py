@@ -59,7 +59,8 @@ def matmul_rate(n: int, reps: int = 10) -> float:
 
 def parse_variants(text: str) -> list[tuple[str, str]]:
     """``"bfloat16@fused,bfloat16:float32@matmul"`` -> [(compute dtype, attention), ...]."""
-    from jadapt.models.config import ATTENTION_IMPLS, COMPUTE_DTYPES
+    from jadapt.layers.precision import COMPUTE_DTYPES
+    from jadapt.models.config import ATTENTION_IMPLS
 
     out = []
     for item in (x for x in text.split(",") if x):

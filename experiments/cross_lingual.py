@@ -187,7 +187,7 @@ def save_checkpoint(directory: Path, tuner: Tuner, m: Method, lr: float, seed: i
 
 def encoder_name(tuner: Tuner) -> tuple[str, bool]:
     """(how the report names the encoder, whether it is multilingual)."""
-    from jadapt.models.hf import packaged_model_path, read_folder_json
+    from jadapt.folders import packaged_model_path, read_folder_json
 
     folder = Path(str(tuner.model_dir)).resolve()
     try:

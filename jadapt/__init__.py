@@ -3,10 +3,10 @@
 >>> import jadapt
 >>> model, params = jadapt.load_pretrained(adapters=(("sst2", jadapt.preset("pfeiffer", bottleneck=64)),),
 ...                                        head=jadapt.HeadConfig(num_labels=2))
->>> result = jadapt.fit(jadapt.TrainConfig(task="sst2", train_size=1000, data_dir="../shared/data"))
+>>> result = jadapt.fit(jadapt.TrainConfig(task="sst2", train_size=1000))  # data: $JADAPT_DATA_DIR, else the hub
 
 The public API is re-exported here lazily (``import jadapt`` stays fast for the CLI);
-subpackages: ``jadapt.data``, ``jadapt.merge``, ``jadapt.fusion``, ``jadapt.analysis``,
+subpackages: ``jadapt.layers``, ``jadapt.data``, ``jadapt.merge``, ``jadapt.fusion``, ``jadapt.analysis``,
 ``jadapt.interop``, ``jadapt.convert``, ``jadapt.checkpoint``, ``jadapt.sharding``, ``jadapt.distributed``.
 """
 from __future__ import annotations
@@ -18,10 +18,10 @@ __version__ = "0.1.0"
 _EXPORTS = {
     # models
     "EncoderConfig": "jadapt.models.config",
-    "COMPUTE_DTYPES": "jadapt.models.config",
-    "fused_attention": "jadapt.models.encoder",
-    "matmul_attention": "jadapt.models.attention",
-    "dropout": "jadapt.models.layers",
+    "COMPUTE_DTYPES": "jadapt.layers.precision",
+    "fused_attention": "jadapt.layers.attention",
+    "matmul_attention": "jadapt.layers.attention",
+    "dropout": "jadapt.layers.dropout",
     "AdapterModel": "jadapt.models.model",
     "HeadConfig": "jadapt.models.model",
     "load_pretrained": "jadapt.models.pretrained",

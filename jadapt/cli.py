@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 
 from jadapt import runtime
-from jadapt.models.config import ATTENTION_IMPLS, COMPUTE_DTYPES
+from jadapt.layers.precision import COMPUTE_DTYPES
+from jadapt.models.config import ATTENTION_IMPLS
 
 
 class _Parser(argparse.ArgumentParser):

@@ -1,29 +1,27 @@
 """Process-start choices: the memory allocator, XLA:CPU's scheduler and the compilation cache.
 
 glibc malloc hands XLA:CPU's large per-step buffers back to the kernel and faults them in
-again every step; tcmalloc keeps them (measured 1.3-1.4x faster train steps on a 2-core CPU,
-at a higher peak: MiniLM Pfeiffer 32 x 128 2.8 vs 2.0 GB; benchmarks/RESULTS.md). The allocator can
-only be chosen before the process starts, so the CLI re-executes itself once with
-``LD_PRELOAD`` set. Switch: ``JADAPT_ALLOCATOR=system`` (keep glibc) or ``=tcmalloc``
-(default; silently skipped when the library is not installed: ``apt-get install
-libtcmalloc-minimal4``), or a path to another allocator library.
+again every step; tcmalloc keeps them, which makes train steps faster at a higher peak memory
+(benchmarks/RESULTS.md). The allocator can only be chosen before the process starts, so the
+CLI re-executes itself once with ``LD_PRELOAD`` set. Switch: ``JADAPT_ALLOCATOR=system`` (keep
+glibc) or ``=tcmalloc`` (default; silently skipped when the library is not installed:
+``apt-get install libtcmalloc-minimal4``), or a path to another allocator library.
 
 XLA:CPU's concurrency-optimised scheduler (XLA's default) orders a step's operations for
 parallel execution at the cost of live memory, and makes ``--remat`` useless on CPU (the
-temp buffer stays as large as without it). The CLI turns it off: MiniLM Pfeiffer 32 x 128
-train step temp buffer 990 -> 872 MB, with ``--remat`` 984 -> 438 MB, step time unchanged
-(1,208 ms vs 1,132-1,194 ms, same machine).
+temp buffer stays as large as without it). The CLI turns it off: the train step's temp
+buffer shrinks, and with ``--remat`` roughly halves, at an unchanged step time
+(benchmarks/RESULTS.md, fifth session).
 Switch: ``JADAPT_CPU_SCHEDULER=concurrency`` keeps XLA's default, or set the flag in
 ``XLA_FLAGS`` yourself. It only concerns the CPU backend, so where a GPU / TPU plugin is
 installed it is left out unless ``JADAPT_CPU_SCHEDULER=memory`` asks for it.
 
 Compiled XLA programs are kept across runs in a persistent cache (JAX's
-``jax_compilation_cache_dir``): a MiniLM SST-2 epoch compiles ~27 s of its ~80 s on a
-2-core CPU (one train and eval program per length bucket), which a rerun with the same
-shapes (another seed, learning rate, task of the same label count) skips. Default
-``$XDG_CACHE_HOME/jadapt/xla`` (``~/.cache/jadapt/xla``); ``JADAPT_COMPILATION_CACHE`` names
-another directory, or ``off``. Set by the CLI only: code that imports jadapt keeps its own
-JAX configuration.
+``jax_compilation_cache_dir``): compiling is a large share of a short CPU run (one train and
+eval program per length bucket), which a rerun with the same shapes (another seed, learning
+rate, task of the same label count) skips. Default ``$XDG_CACHE_HOME/jadapt/xla``
+(``~/.cache/jadapt/xla``); ``JADAPT_COMPILATION_CACHE`` names another directory, or ``off``.
+Set by the CLI only: code that imports jadapt keeps its own JAX configuration.
 """
 from __future__ import annotations
 

@@ -46,7 +46,7 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from jadapt import tree
-from jadapt.adapters.paths import ADAPTERS, BOTTLENECK_SITE, FUSION_LAYERS, HEAD, lora_path
+from jadapt.param_paths import ADAPTERS, BOTTLENECK_SITE, FUSION_LAYERS, HEAD, lora_path
 
 DATA, MODEL = "data", "model"
 _QKV_LORA = "(?:" + "|".join(lora_path(t) for t in ("query", "key", "value")) + ")"

@@ -91,7 +91,7 @@ def test_fused_attention_asks_cudnn_on_gpu_and_falls_back(monkeypatch):
     """On a GPU, bf16 inputs go to cuDNN (JAX's default is XLA's unfused form) with the mask
     as a [B, 1, T, S] bias; where cuDNN is missing or refuses (here: a CPU pretending to be a
     GPU, cuDNN raises), the XLA form runs and gives the same numbers."""
-    from jadapt.models import encoder
+    from jadapt.layers.attention import fused_attention
 
     rng = np.random.default_rng(1)
     q, k, v = (jnp.asarray(rng.normal(size=(2, 8, 2, 16)), jnp.bfloat16) for _ in range(3))
@@ -106,18 +106,19 @@ def test_fused_attention_asks_cudnn_on_gpu_and_falls_back(monkeypatch):
 
     monkeypatch.setattr(jax.nn, "dot_product_attention", spy)
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-    got = encoder.fused_attention(q, k, v, keep)
+    got = fused_attention(q, k, v, keep)
     assert calls == [("cudnn", (2, 1, 8, 8)), (None, None)]  # cuDNN asked first, then the fallback
     assert (got == want).all()
     calls.clear()
-    encoder.fused_attention(q.astype(jnp.float32), k.astype(jnp.float32), v.astype(jnp.float32), keep)
+    fused_attention(q.astype(jnp.float32), k.astype(jnp.float32), v.astype(jnp.float32), keep)
     assert calls == [(None, None)]  # fp32: cuDNN's flash attention takes bf16 / fp16 only
 
 
 # ------------------------------------------------------------- matmul attention's lean backward
 def _plain_attention(q, k, v, bias, seeds, rate, compute_dtype="float32"):
     """The same function by plain autodiff (what ``matmul_attention`` replaced)."""
-    from jadapt.models.layers import einsum, keep_mask
+    from jadapt.layers.dropout import keep_mask
+    from jadapt.layers.einsum import einsum
 
     p = jax.nn.softmax(einsum("bqhd,bkhd->bhqk", q, k, compute_dtype) + bias, axis=-1)
     if seeds is not None:
@@ -134,8 +135,8 @@ def _qkv_bias():
 
 @pytest.mark.parametrize("rate", [0.0, 0.1, 0.5])
 def test_matmul_attention_vjp_matches_autodiff(rate):
-    from jadapt.models.attention import matmul_attention
-    from jadapt.models.layers import dropout_seeds
+    from jadapt.layers.attention import matmul_attention
+    from jadapt.layers.dropout import dropout_seeds
 
     q, k, v, bias = _qkv_bias()
     seeds = dropout_seeds(jax.random.key(4)) if rate else None
@@ -148,7 +149,7 @@ def test_matmul_attention_vjp_matches_autodiff(rate):
 
 
 def test_dropout_vjp_recomputes_the_mask():
-    from jadapt.models.layers import dropout, dropout_seeds, keep_mask
+    from jadapt.layers.dropout import dropout, dropout_seeds, keep_mask
 
     x = jax.random.normal(jax.random.key(0), (64, 48))
     seeds = dropout_seeds(jax.random.key(1))

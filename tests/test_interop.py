@@ -19,7 +19,7 @@ from jadapt.interop.adapterhub import config_from_adapterhub, config_to_adapterh
 from jadapt.interop.peft import config_from_peft, config_to_peft
 from jadapt.models.config import EncoderConfig
 from jadapt.models.model import AdapterModel, HeadConfig
-from jadapt.adapters.paths import adapter_pattern
+from jadapt.param_paths import adapter_pattern
 from jadapt.models.pretrained import param_shapes
 
 ENC = EncoderConfig(vocab_size=100, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,

@@ -136,7 +136,7 @@ def _random_jadapt(base_dir, name, cfg, head=None, *, also=None, seed=0, std=0.3
 
     from jadapt.models.config import EncoderConfig
     from jadapt.models.model import AdapterModel
-    from jadapt.adapters.paths import adapter_pattern
+    from jadapt.param_paths import adapter_pattern
     from jadapt.models.pretrained import param_shapes
 
     shapes = param_shapes(AdapterModel(EncoderConfig.from_pretrained(base_dir), adapters=((name, cfg),),

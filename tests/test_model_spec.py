@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from jadapt import tree
-from jadapt.adapters import paths
+from jadapt import param_paths as paths
 from jadapt.adapters.config import preset
 from jadapt.checkpoint import load_adapter, load_model, save_adapter
 from jadapt.fusion.config import fusion_preset

@@ -1,4 +1,4 @@
-"""The bfloat16 compute path, the custom VJPs and hash dropout (jadapt/models/layers.py).
+"""The bfloat16 compute path, the custom VJPs and hash dropout (jadapt/layers/).
 
 Tolerances are stated in units of bf16's unit roundoff U = 2**-9 (~0.2 %): each bf16
 operand carries a relative error of at most U, fp32 accumulation adds almost nothing.
@@ -23,7 +23,11 @@ import pytest
 from jadapt import tree
 from jadapt.adapters.config import preset
 from jadapt.models.config import EncoderConfig
-from jadapt.models.layers import Dropout, bf16_matmul, einsum, gelu, hash_dropout_mask, layer_norm, matmul
+from jadapt.layers.activations import gelu
+from jadapt.layers.dropout import Dropout, hash_dropout_mask
+from jadapt.layers.einsum import einsum
+from jadapt.layers.matmul import bf16_matmul, matmul
+from jadapt.layers.norm import layer_norm
 from jadapt.models.model import AdapterModel, HeadConfig
 from jadapt.models.pretrained import init_params
 
@@ -281,19 +285,36 @@ def test_dropout_module_scales_kept_and_zeroes_dropped():
 
 # --------------------------------------------------------------------------- precision policies
 def test_result_dtype_follows_platform_and_explicit_policy(monkeypatch):
-    from jadapt.models import layers
+    from jadapt.layers import precision
 
-    assert layers.result_dtype("float32") == jnp.float32
-    assert layers.result_dtype("bfloat16") == jnp.float32  # this CPU: XLA:CPU's bf16 kernels give fp32
-    assert layers.result_dtype("bfloat16:bfloat16") == jnp.bfloat16
-    monkeypatch.setattr(layers, "on_cpu", lambda: False)  # lowering for a GPU / TPU
-    assert layers.result_dtype("bfloat16") == jnp.bfloat16
-    assert layers.result_dtype("bfloat16:float32") == jnp.float32
-    assert layers.result_dtype("float32") == jnp.float32
+    assert precision.result_dtype("float32") == jnp.float32
+    assert precision.result_dtype("bfloat16") == jnp.float32  # this CPU: XLA:CPU's bf16 kernels give fp32
+    assert precision.result_dtype("bfloat16:bfloat16") == jnp.bfloat16
+    monkeypatch.setattr(precision, "on_cpu", lambda: False)  # lowering for a GPU / TPU
+    assert precision.result_dtype("bfloat16") == jnp.bfloat16
+    assert precision.result_dtype("bfloat16:float32") == jnp.float32
+    assert precision.result_dtype("float32") == jnp.float32
     with pytest.raises(ValueError, match="compute_dtype 'bf16'"):
-        layers.result_dtype("bf16")
+        precision.result_dtype("bf16")
     with pytest.raises(ValueError, match="compute_dtype 'float16'"):
         matmul(jnp.ones((2, 3)), jnp.ones((3, 4)), "float16")
+
+
+def test_compute_dtype_is_checked_when_a_module_is_built():
+    """Every matmul module declares ``compute_dtype`` through ``PrecisionModule``: checked on
+    construction (before any trace), and keyword-only, so a policy cannot land in another
+    field by position."""
+    from jadapt.fusion.config import FusionConfig
+    from jadapt.fusion.layer import FusionLayer
+    from jadapt.layers.dense import Dense
+
+    with pytest.raises(ValueError, match="compute_dtype 'bf16' is not supported"):
+        Dense(4, compute_dtype="bf16")
+    with pytest.raises(ValueError, match="compute_dtype 'float16'"):
+        AdapterModel(CFG, compute_dtype="float16")
+    with pytest.raises(ValueError, match="parent"):  # the second positional field is Flax's parent
+        FusionLayer(FusionConfig(), "bfloat16")
+    assert Dense(4, compute_dtype="bfloat16:bfloat16").compute_dtype == "bfloat16:bfloat16"
 
 
 def test_bf16_results_model_close_to_fp32():
@@ -316,14 +337,14 @@ def test_accelerator_lowering_matches_cpu_forms(monkeypatch, attention):
     """Lowered for a GPU / TPU (``on_cpu`` False), ``bfloat16`` is ``bfloat16:bfloat16`` with
     plain einsums: the numbers of the CPU's canonical products (identical here), no
     optimization barriers, and the encoder's Dense products have bf16 results."""
-    from jadapt.models import layers
+    from jadapt.layers import precision
 
     params = init_params(_model("float32"), jax.random.key(0))
     ids, mask = _inputs(2)
     m = lambda cdt: AdapterModel(CFG, adapters=ADAPTERS, active=("p", "l"), head=HeadConfig(num_labels=3),  # noqa: E731
                                  compute_dtype=cdt, attention=attention)
     ref = m("bfloat16:bfloat16").apply({"params": params}, ids, mask, return_hidden=True)[1]
-    monkeypatch.setattr(layers, "on_cpu", lambda: False)
+    monkeypatch.setattr(precision, "on_cpu", lambda: False)
     fwd = jax.jit(lambda p: m("bfloat16").apply({"params": p}, ids, mask, return_hidden=True)[1])
     for a, b in zip(fwd(params), ref):
         assert _rel(a, b) < 0.05 * U

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
-from jadapt.adapters import paths
+from jadapt import param_paths as paths
 
 METHODS = ("houlsby", "pfeiffer", "parallel", "lora")
 INITS = ("bert", "houlsby", "mam", "lora")

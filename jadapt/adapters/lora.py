@@ -9,16 +9,17 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jadapt.adapters.config import AdapterConfig
-from jadapt.models.layers import Dropout, matmul
+from jadapt.layers.dense import PrecisionModule
+from jadapt.layers.dropout import Dropout
+from jadapt.layers.matmul import matmul
 
 
-class LoraBank(nn.Module):
+class LoraBank(PrecisionModule):
     """All LoRA adapters of one projection; returns the sum of the active ones' updates."""
 
     adapters: tuple[tuple[str, AdapterConfig], ...]
     active: tuple[str, ...]
     features: int
-    compute_dtype: str = "float32"
 
     @nn.compact
     def __call__(self, x, deterministic: bool = True):
@@ -26,16 +27,15 @@ class LoraBank(nn.Module):
         for name, cfg in self.adapters:
             if name not in self.active and not self.is_initializing():
                 continue
-            out = _LoraPair(cfg, self.features, self.compute_dtype, name=name)(x, deterministic)
+            out = _LoraPair(cfg, self.features, compute_dtype=self.compute_dtype, name=name)(x, deterministic)
             if name in self.active:
                 total = out if total is None else total + out
         return total
 
 
-class _LoraPair(nn.Module):
+class _LoraPair(PrecisionModule):
     config: AdapterConfig
     features: int
-    compute_dtype: str
 
     @nn.compact
     def __call__(self, x, deterministic):

@@ -1,7 +1,7 @@
 """BERT WordPiece tokenisation straight from ``tokenizer.json``, without importing transformers.
 
-Why: ``import transformers`` costs ~2 s and, where torch is installed, ~200 MB of resident
-memory (it imports torch) -- paid by every ``jadapt train`` / ``eval`` / ``merge`` only to
+Why: ``import transformers`` takes seconds and, where torch is installed, imports torch with
+its resident memory -- paid by every ``jadapt train`` / ``eval`` / ``merge`` only to
 tokenise. The Rust ``tokenizers`` library that transformers' fast tokenizers wrap reads the
 same file; :func:`open_fast_tokenizer` uses it where the folder's files say exactly what
 transformers would do, and returns None otherwise (the caller then uses ``AutoTokenizer``):
@@ -26,7 +26,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from jadapt.models.hf import read_folder_json
+from jadapt.folders import read_folder_json
 
 _BERT_CLASSES = {"BertTokenizer", "BertTokenizerFast"}
 

@@ -25,11 +25,11 @@ def load_tokenizer(path: str | os.PathLike | None = None, *, fast: bool = True):
     """The tokenizer of a model dir (default: the packaged all-MiniLM-L6-v2).
 
     BERT WordPiece folders open with the ``tokenizers`` library directly (no transformers
-    import: ~2 s and, with torch installed, ~200 MB less; see ``jadapt.data.fast_tokenizer``);
+    import, and so no torch import either; see ``jadapt.data.fast_tokenizer``);
     everything else, or ``fast=False``, gets ``transformers.AutoTokenizer``.
     """
     from jadapt.data.fast_tokenizer import open_fast_tokenizer
-    from jadapt.models.hf import resolve_model_path
+    from jadapt.folders import resolve_model_path
 
     folder = resolve_model_path(path)
     tok = open_fast_tokenizer(folder) if fast else None

@@ -18,7 +18,7 @@ are linear, so here the key projection moves to the query side,
 once to the weighted sum: the same function for either ``value_before_softmax``, at
 3 d^2 per token whatever K.
 
-Every product that is not a plain ``x @ kernel`` goes through ``jadapt.models.layers.einsum``
+Every product that is not a plain ``x @ kernel`` goes through ``jadapt.layers.einsum``
 (the key kernel used transposed, the key bias, the K-way scores and sum): on XLA:CPU it keeps
 each dot, and its gradients, in a form the bf16 x bf16 -> fp32 kernel takes; written as
 ``matmul(q, w_k.T)`` the weight gradient became a doubly transposed dot and a bf16 train step
@@ -33,7 +33,10 @@ import jax
 import jax.numpy as jnp
 
 from jadapt.fusion.config import TEMPERATURE_START, FusionConfig
-from jadapt.models.layers import Dense, Dropout, einsum, matmul
+from jadapt.layers.dense import Dense, PrecisionModule
+from jadapt.layers.dropout import Dropout
+from jadapt.layers.einsum import einsum
+from jadapt.layers.matmul import matmul
 
 
 def identity_init(key, shape, dtype=jnp.float32):
@@ -58,7 +61,7 @@ class _Weights(nn.Module):
         return kernel, bias
 
 
-class FusionLayer(nn.Module):
+class FusionLayer(PrecisionModule):
     """Fuse K adapter outputs at one site.
 
     ``query``: [batch, seq, d]; ``adapter_outputs``: [batch, seq, K, d] (each adapter's
@@ -71,7 +74,6 @@ class FusionLayer(nn.Module):
     """
 
     config: FusionConfig
-    compute_dtype: str = "float32"
 
     @nn.compact
     def __call__(self, query, adapter_outputs, residual, deterministic: bool = True):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from jadapt import tree
-from jadapt.adapters.paths import FUSION_VALUE_KERNEL
+from jadapt.param_paths import FUSION_VALUE_KERNEL
 from jadapt.fusion.config import REGULARIZATION_WEIGHT
 
 

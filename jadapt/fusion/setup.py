@@ -2,7 +2,7 @@
 
 Mirrors AdapterHub's ``add_adapter_fusion`` + ``set_active_adapters(Fuse(...))`` +
 ``train_adapter_fusion``: the fused adapters and the backbone stay frozen, only the fusion
-layers (``encoder/layer_i/<bottleneck site>/fusion/...``, ``jadapt.adapters.paths``) and the head
+layers (``encoder/layer_i/<bottleneck site>/fusion/...``, ``jadapt.param_paths``) and the head
 train: ``jadapt.train.optim.trainable_rules("fusion")`` says so.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from jadapt import tree
-from jadapt.adapters import paths
+from jadapt import param_paths as paths
 from jadapt.fusion.config import FusionConfig, fusion_preset
 from jadapt.fusion.layer import FusionLayer
 from jadapt.models.build import param_shapes
@@ -77,7 +77,7 @@ def init_fusion_params(model: AdapterModel, rng: jax.Array) -> dict:
         raise ValueError(f"adapters {model.active} created no fusion layer (no bottleneck site?)")
     d = model.config.hidden_size
     k = len([n for n in model.active if n in dict(model.adapters)])
-    layer = FusionLayer(model.fusion, model.compute_dtype)
+    layer = FusionLayer(model.fusion, compute_dtype=model.compute_dtype)
     x = jnp.zeros((1, 1, d), jnp.float32)
     init = jax.jit(lambda key: layer.init(key, x, jnp.zeros((1, 1, k, d), jnp.float32), x)["params"])
     keys = jax.random.split(rng, len(sites))

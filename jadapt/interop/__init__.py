@@ -27,7 +27,7 @@ from typing import Optional
 import numpy as np
 
 from jadapt import tree
-from jadapt.adapters import paths
+from jadapt import param_paths as paths
 from jadapt.adapters.config import AdapterConfig
 from jadapt.models.model import HeadConfig
 from jadapt.models.spec import ModelSpec

@@ -35,7 +35,7 @@ from typing import Optional
 import numpy as np
 
 from jadapt import tree
-from jadapt.adapters import paths
+from jadapt import param_paths as paths
 from jadapt.adapters.config import AdapterConfig
 from jadapt.interop import AdapterBundle
 from jadapt.models.model import HeadConfig
@@ -127,7 +127,7 @@ def config_from_adapterhub(config: Mapping | str, *, bottleneck: Optional[int] =
     act = _LEGACY_ACTIVATIONS.get(act, act) if legacy else act
     act = _ACT_ALIASES.get(act, act)
     try:
-        from jadapt.models.layers import activation
+        from jadapt.layers.activations import activation
 
         activation(act)
     except ValueError:

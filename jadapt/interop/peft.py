@@ -32,7 +32,7 @@ from typing import Optional
 import numpy as np
 
 from jadapt import tree
-from jadapt.adapters import paths
+from jadapt import param_paths as paths
 from jadapt.adapters.config import LORA_TARGETS, AdapterConfig, preset
 from jadapt.interop import AdapterBundle
 from jadapt.models.model import HeadConfig

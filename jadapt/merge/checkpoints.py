@@ -5,7 +5,7 @@
 
 What is merged:
 
-- the adapter leaves (``jadapt.adapters.paths``: every site of the one adapter each
+- the adapter leaves (``jadapt.param_paths``: every site of the one adapter each
   checkpoint holds) by ``method`` (``jadapt.merge.methods.merge_adapters``);
 - other shared trained leaves (e.g. Houlsby's LayerNorms) by the weighted average, whatever
   the method: they are not deltas from zero, so sums / TIES / DARE make no sense for them;
@@ -28,7 +28,7 @@ from typing import Any, Optional, Sequence
 import jax
 
 from jadapt import tree
-from jadapt.adapters import paths
+from jadapt import param_paths as paths
 from jadapt.checkpoint import load_adapter, save_adapter
 from jadapt.merge import sites
 from jadapt.merge.average import average

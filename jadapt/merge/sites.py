@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Optional, Sequence
 
 from jadapt import tree
-from jadapt.adapters.paths import SITE_KEY
+from jadapt.param_paths import SITE_KEY
 
 # leaf path relative to the unit site -> the unit axis of that leaf
 UNIT_AXES = {

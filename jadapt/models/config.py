@@ -11,12 +11,11 @@ import os
 import types
 from typing import Any
 
+from jadapt.folders import read_folder_json
+
 SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert")
 SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu", "swish", "tanh")
 ATTENTION_IMPLS = ("matmul", "fused")  # attention kernels of ``SelfAttention`` (a runtime choice)
-# Matmul precision policies, ``operands[:results]`` (jadapt.models.layers): ``bfloat16`` picks the
-# result dtype per platform (fp32 on CPU, bf16 on GPU / TPU); the explicit forms pin it.
-COMPUTE_DTYPES = ("float32", "bfloat16", "bfloat16:float32", "bfloat16:bfloat16")
 
 
 # The keys a BERT-family config.json must state, and transformers' defaults for the rest
@@ -31,10 +30,6 @@ _HF_DEFAULTS = {"type_vocab_size": 2, "layer_norm_eps": 1e-12, "hidden_act": "ge
 def _read_config_json(path: str | os.PathLike) -> types.SimpleNamespace | None:
     """``config.json`` of a local folder as attributes with transformers' defaults filled in,
     or None where only ``AutoConfig`` can tell (no such file, another model type, keys missing)."""
-    # imported here: jadapt.models.hf pulls in jax, and the CLI imports this module before
-    # it re-executes itself with the chosen allocator
-    from jadapt.models.hf import read_folder_json
-
     raw = read_folder_json(path, "config.json")
     if raw is None:
         return None
@@ -118,8 +113,8 @@ class EncoderConfig:
         """From a model folder's ``config.json`` (or a hub name, through ``AutoConfig``).
 
         A folder of a supported model type is read as plain JSON with transformers' defaults
-        for the keys it omits: importing transformers costs ~2 s and, with torch installed,
-        ~200 MB of memory. Anything else goes through ``transformers.AutoConfig``."""
+        for the keys it omits: importing transformers takes seconds and, with torch installed,
+        imports torch too. Anything else goes through ``transformers.AutoConfig``."""
         raw = _read_config_json(path)
         if raw is not None:
             return cls.from_hf(raw)

@@ -21,12 +21,17 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jadapt.adapters.bottleneck import AdapterSite
+from jadapt import param_paths as paths
 from jadapt.adapters.config import AdapterConfig
 from jadapt.adapters.lora import LoraBank
+from jadapt.layers.activations import activation
+from jadapt.layers.attention import fused_attention, matmul_attention
+from jadapt.layers.dense import Dense, PrecisionModule
+from jadapt.layers.dropout import Dropout
+from jadapt.layers.norm import LayerNorm
+from jadapt.layers.precision import operand_dtype
+from jadapt.models.adapter_site import AdapterSite
 from jadapt.models.config import EncoderConfig
-from jadapt.models.attention import matmul_attention
-from jadapt.models.layers import Dense, Dropout, LayerNorm, activation, operand_dtype
 
 AdapterSpecs = tuple[tuple[str, AdapterConfig], ...]
 
@@ -44,31 +49,13 @@ def _project(module: nn.Module, x, features, name, target, adapters, active, cdt
     y = Dense(features, compute_dtype=cdt, kernel_init=init, name=name)(x)
     loras = _lora_for(adapters, target)
     if loras:
-        upd = LoraBank(loras, active, features, cdt, name=f"lora_{target}")(x, deterministic)
+        upd = LoraBank(loras, active, features, compute_dtype=cdt, name=paths.lora_site(target))(x, deterministic)
         if upd is not None:
             y = y + upd
     return y
 
 
-def fused_attention(q: jax.Array, k: jax.Array, v: jax.Array, keep: jax.Array) -> jax.Array:
-    """softmax(q k^T + mask) v for pre-scaled [B, T, N, H] inputs and a [B, 1, 1, S] keep-mask.
-
-    On a GPU with bf16 / fp16 inputs: cuDNN's flash attention (``jax.nn.dot_product_attention``
-    with ``implementation=None`` is XLA's unfused form), the mask as an additive [B, 1, T, S]
-    bias; XLA's form elsewhere, or where cuDNN refuses the shapes or is missing.
-    """
-    if jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16):
-        neg = jnp.asarray(-0.7 * float(jnp.finfo(q.dtype).max), q.dtype)
-        bias = jnp.broadcast_to(jnp.where(keep, jnp.zeros((), q.dtype), neg),
-                                (q.shape[0], 1, q.shape[1], k.shape[1]))
-        try:
-            return jax.nn.dot_product_attention(q, k, v, bias=bias, scale=1.0, implementation="cudnn")
-        except (ValueError, NotImplementedError, RuntimeError):
-            pass
-    return jax.nn.dot_product_attention(q, k, v, mask=keep, scale=1.0)
-
-
-class SelfAttention(nn.Module):
+class SelfAttention(PrecisionModule):
     """Multi-head self-attention. ``attention``: ``matmul`` (two canonical matmuls + fp32
     softmax, the fastest form on XLA:CPU, with attention-probability dropout) or ``fused``
     (``fused_attention``: cuDNN flash attention on GPUs when shapes and dtype allow, XLA's
@@ -78,7 +65,6 @@ class SelfAttention(nn.Module):
     config: EncoderConfig
     adapters: AdapterSpecs = ()
     active: tuple[str, ...] = ()
-    compute_dtype: str = "float32"
     attention: str = "matmul"
 
     @nn.compact
@@ -105,12 +91,11 @@ class SelfAttention(nn.Module):
                         self.active, cdt, init, deterministic)
 
 
-class EncoderLayer(nn.Module):
+class EncoderLayer(PrecisionModule):
     config: EncoderConfig
     adapters: AdapterSpecs = ()
     active: tuple[str, ...] = ()
     fusion: Optional[Any] = None
-    compute_dtype: str = "float32"
     attention: str = "matmul"
 
     @nn.compact
@@ -119,13 +104,13 @@ class EncoderLayer(nn.Module):
         init = nn.initializers.normal(cfg.initializer_range)
         bottleneck = _with(self.adapters, lambda c: c.method != "lora")
 
-        h = SelfAttention(cfg, self.adapters, self.active, cdt, self.attention, name="attention")(
+        h = SelfAttention(cfg, self.adapters, self.active, self.attention, compute_dtype=cdt, name="attention")(
             x, mask_bias, deterministic)
         h = Dropout(cfg.hidden_dropout)(h, deterministic)
         ln1 = LayerNorm(cfg.layer_norm_eps, name="attention_layer_norm")
         mh = _with(bottleneck, lambda c: c.mh_adapter)
         if mh:
-            x = AdapterSite(mh, self.active, self.fusion, cdt, name="attn_adapter")(h, x, ln1, deterministic)
+            x = AdapterSite(mh, self.active, self.fusion, compute_dtype=cdt, name=paths.ATTN_SITE)(h, x, ln1, deterministic)
         else:
             x = ln1(h + x)
 
@@ -138,7 +123,7 @@ class EncoderLayer(nn.Module):
         ln2 = LayerNorm(cfg.layer_norm_eps, name="output_layer_norm")
         ffn = _with(bottleneck, lambda c: c.output_adapter)
         if ffn:
-            return AdapterSite(ffn, self.active, self.fusion, cdt, name="ffn_adapter")(h, x, ln2, deterministic)
+            return AdapterSite(ffn, self.active, self.fusion, compute_dtype=cdt, name=paths.FFN_SITE)(h, x, ln2, deterministic)
         return ln2(h + x)
 
 
@@ -163,14 +148,13 @@ class Embeddings(nn.Module):
         return Dropout(cfg.hidden_dropout)(x, deterministic)
 
 
-class LayerStack(nn.Module):
+class LayerStack(PrecisionModule):
     """The ``encoder`` scope: ``layer_0 .. layer_{n-1}``. Returns every layer's output."""
 
     config: EncoderConfig
     adapters: AdapterSpecs = ()
     active: tuple[str, ...] = ()
     fusion: Optional[Any] = None
-    compute_dtype: str = "float32"
     remat: bool = False
     attention: str = "matmul"
 
@@ -179,15 +163,15 @@ class LayerStack(nn.Module):
         layer_cls = nn.remat(EncoderLayer, static_argnums=(3,)) if self.remat else EncoderLayer
         # Trace a layer once, not once per layer: every layer has the same shapes, so a jitted
         # layer is traced and lowered once and called n times (XLA inlines the calls; the
-        # compiled work is the same). Tracing a train step for a new batch width: MiniLM 0.60 ->
-        # 0.49 s, BERT-base 1.16 -> 0.45 s, 24 x 1024 2.54 -> 0.74 s (benchmarks/RESULTS.md). Flax
-        # hands each jitted layer its dropout key as an argument: a seed's masks differ from the
-        # un-jitted stack's, which produced the tables recorded before 2026-11-27.
+        # compiled work is the same), and tracing a train step for a new batch width no longer
+        # grows with depth (benchmarks/RESULTS.md). Flax hands each jitted layer its dropout
+        # key as an argument, so a seed's dropout masks differ from those of an un-jitted
+        # stack: results from before this change do not reproduce bit for bit.
         layer_cls = nn.jit(layer_cls, static_argnums=(3,))
         outs = []
         for i in range(self.config.num_layers):
-            x = layer_cls(self.config, self.adapters, self.active, self.fusion, self.compute_dtype,
-                          self.attention, name=f"layer_{i}")(x, mask_bias, deterministic)
+            x = layer_cls(self.config, self.adapters, self.active, self.fusion, self.attention,
+                          compute_dtype=self.compute_dtype, name=f"layer_{i}")(x, mask_bias, deterministic)
             outs.append(x)
         return tuple(outs)
 

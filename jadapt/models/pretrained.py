@@ -12,7 +12,7 @@ from typing import Optional
 import jax
 
 from jadapt import tree
-from jadapt.adapters import paths
+from jadapt import param_paths as paths
 from jadapt.adapters.config import AdapterConfig
 from jadapt.models.build import build, init_params, param_shapes, with_fresh_leaves
 from jadapt.models.model import AdapterModel, HeadConfig

@@ -26,7 +26,7 @@ adapters           ``[[name, AdapterConfig fields], ...]``, every adapter in the
 active             names that run (one; several under fusion); absent = all adapters
 head               ``HeadConfig`` fields, or null (a merge holds adapters only)
 fusion             ``FusionConfig`` fields, or null
-compute_dtype      matmul precision policy (``jadapt.models.config.COMPUTE_DTYPES``)
+compute_dtype      matmul precision policy (``jadapt.layers.precision.COMPUTE_DTYPES``)
 =================  ======================================================================
 
 Run fields ride along and are not part of the spec: ``task``, ``track``, ``label_names``,
@@ -46,9 +46,10 @@ import os
 import re
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional
 
-from jadapt.adapters import paths
+from jadapt import param_paths as paths
 from jadapt.adapters.config import AdapterConfig
-from jadapt.models.config import COMPUTE_DTYPES, EncoderConfig
+from jadapt.layers.precision import check_compute_dtype
+from jadapt.models.config import EncoderConfig
 from jadapt.models.model import AdapterModel, HeadConfig
 
 if TYPE_CHECKING:
@@ -92,8 +93,7 @@ class ModelSpec:
         unknown = [a for a in active if a not in names]
         if unknown:
             raise ValueError(f"active names unknown adapter(s) {unknown}; adapters: {names}")
-        if self.compute_dtype not in COMPUTE_DTYPES:
-            raise ValueError(f"compute_dtype {self.compute_dtype!r} is not supported; expected one of {COMPUTE_DTYPES}")
+        check_compute_dtype(self.compute_dtype)
         object.__setattr__(self, "adapters", adapters)
         object.__setattr__(self, "active", active)
         if self.base_model is not None:

@@ -6,7 +6,8 @@ import math
 from typing import Optional
 
 from jadapt.adapters.config import preset
-from jadapt.models.config import ATTENTION_IMPLS, COMPUTE_DTYPES
+from jadapt.layers.precision import DEFAULT_COMPUTE_DTYPE, check_compute_dtype
+from jadapt.models.config import ATTENTION_IMPLS
 from jadapt.train.optim import METHODS
 
 # Learning rates chosen by measurement on the packaged MiniLM (experiments/results/defaults.md).
@@ -43,7 +44,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     seed: int = 0
-    compute_dtype: str = "float32"
+    compute_dtype: str = DEFAULT_COMPUTE_DTYPE
     pooling: str = "mean"
     adapter_name: Optional[str] = None  # default: the task name
     init_adapter: Optional[str] = None  # adapter checkpoint to start from (e.g. a MerA merge)
@@ -58,8 +59,7 @@ class TrainConfig:
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"method {self.method!r} is not supported; expected one of {METHODS}")
-        if self.compute_dtype not in COMPUTE_DTYPES:
-            raise ValueError(f"compute_dtype {self.compute_dtype!r} is not supported; expected one of {COMPUTE_DTYPES}")
+        check_compute_dtype(self.compute_dtype)
         for name in ("batch_size", "eval_batch_size", "max_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

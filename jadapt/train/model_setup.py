@@ -15,7 +15,7 @@ from typing import Any
 import jax
 
 from jadapt import tree
-from jadapt.adapters import paths
+from jadapt import param_paths as paths
 from jadapt.models.spec import ModelSpec
 from jadapt.train.config import TrainConfig
 

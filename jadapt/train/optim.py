@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from jadapt import tree
-from jadapt.adapters import paths
+from jadapt import param_paths as paths
 
 TRAINABLE = ("decay", "no_decay")
 FROZEN = "frozen"

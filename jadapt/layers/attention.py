@@ -1,13 +1,13 @@
-"""Attention in matmul form (two canonical matmuls around an fp32 softmax) with a lean backward.
+"""Scaled dot-product attention in its two forms: matmul (two canonical matmuls around an fp32
+softmax, with a lean backward and probability dropout) and fused (``jax.nn``'s kernel, cuDNN
+flash attention on GPUs).
 
-Autodiff of ``softmax -> dropout -> matmul`` keeps four attention-sized tensors per layer for
-the backward pass: softmax's unnormalised ``exp``, the dropout mask, a zeros tensor from the
-mask's ``where`` and the dropped probabilities (plus two row statistics); XLA keeps two of
-them. The custom VJP keeps only the probabilities and re-hashes the mask from its two seeds;
-the backward does the same four matmuls autodiff does. Forward values are bit-identical to
-the plain form; gradients agree to fp32 rounding. With the GELU barrier
-(``jadapt.models.layers.gelu``) the XLA temp buffer of the MiniLM 32 x 128 Pfeiffer train
-step falls from 872 to 672 MB (benchmarks/RESULTS.md, seventh session).
+Matmul form: autodiff of ``softmax -> dropout -> matmul`` keeps four attention-sized tensors
+per layer for the backward pass: softmax's unnormalised ``exp``, the dropout mask, a zeros
+tensor from the mask's ``where`` and the dropped probabilities (plus two row statistics); XLA
+keeps two of them. The custom VJP keeps only the probabilities and re-hashes the mask from its
+two seeds; the backward does the same four matmuls autodiff does. Forward values are
+bit-identical to the plain form; gradients agree to fp32 rounding.
 """
 from __future__ import annotations
 
@@ -17,7 +17,10 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from jadapt.models.layers import dropout, einsum, keep_mask, operand_dtype, rounded_residuals
+from jadapt.layers.dropout import dropout, keep_mask
+from jadapt.layers.einsum import einsum
+from jadapt.layers.matmul import rounded_residuals
+from jadapt.layers.precision import operand_dtype
 
 _SCORES, _CONTEXT = "bqhd,bkhd->bhqk", "bhqk,bkhd->bqhd"
 
@@ -69,3 +72,22 @@ def _attention_bwd(rate, cdt, res, g):
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)
+
+
+def fused_attention(q: jax.Array, k: jax.Array, v: jax.Array, keep: jax.Array) -> jax.Array:
+    """softmax(q k^T + mask) v for pre-scaled [B, T, N, H] inputs and a [B, 1, 1, S] keep-mask.
+
+    On a GPU with bf16 / fp16 inputs: cuDNN's flash attention (``jax.nn.dot_product_attention``
+    with ``implementation=None`` is XLA's unfused form), the mask as an additive [B, 1, T, S]
+    bias; XLA's form elsewhere, or where cuDNN refuses the shapes or is missing. It has no
+    dropout: callers skip attention-probability dropout with it, as flash-attention trainers do.
+    """
+    if jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16):
+        neg = jnp.asarray(-0.7 * float(jnp.finfo(q.dtype).max), q.dtype)
+        bias = jnp.broadcast_to(jnp.where(keep, jnp.zeros((), q.dtype), neg),
+                                (q.shape[0], 1, q.shape[1], k.shape[1]))
+        try:
+            return jax.nn.dot_product_attention(q, k, v, bias=bias, scale=1.0, implementation="cudnn")
+        except (ValueError, NotImplementedError, RuntimeError):
+            pass
+    return jax.nn.dot_product_attention(q, k, v, mask=keep, scale=1.0)
