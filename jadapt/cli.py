@@ -68,6 +68,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-compile-ahead", action="store_true",
                    help="compile each batch width's step when first met, not ahead in a background thread")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--restart", action="store_true",
+                   help="--out holds a run (other settings, or finished): move it aside to <out>.old-<time> "
+                        "and start over (without it, a rerun resumes or reports that run)")
     _add_common(p)
 
 
@@ -89,9 +92,13 @@ def run_train(args) -> dict:
         compute_dtype=args.compute_dtype, pooling=args.pooling, init_adapter=args.init_adapter,
         fusion_adapters=tuple(args.fusion_adapters), save_every=args.save_every,
         progress=not args.no_progress, sharding=args.sharding, attention=args.attention,
-        remat=args.remat, compile_ahead=not args.no_compile_ahead,
+        remat=args.remat, compile_ahead=not args.no_compile_ahead, restart=args.restart,
     )
     result = fit(cfg)
+    if not result["history"]:
+        print(f"{result['task']} {result['method']}: stopped at step {result['steps']} before the first dev "
+              f"evaluation (no result yet; rerun to go on) -> {args.out}/metrics.json")
+        return result
     main = _main_metric(result)
     print(f"{result['task']} {result['method']}: dev {main[0]} = {main[1]:.4f} "
           f"(best of {len(result['history'])} evals, {result['wall_time_s']:.0f} s) -> {args.out}/metrics.json")
@@ -102,6 +109,8 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="adapter checkpoint dir (e.g. <train out>/best)")
     p.add_argument("--task", default=None, help="default: the checkpoint's task")
     p.add_argument("--split", default=None, help="default: the task's dev split")
+    p.add_argument("--allow-task-mismatch", action="store_true",
+                   help="evaluate on --task although the checkpoint was trained on another task")
     _add_attention(p)
     _add_common(p)
 
@@ -121,10 +130,12 @@ def run_eval(args) -> dict:
         raise FileNotFoundError(f"checkpoint path {args.checkpoint} does not exist")
     result = evaluate_checkpoint(args.checkpoint, task=args.task, data_dir=args.data_dir, split=args.split,
                                  batch_size=args.batch_size, max_length=args.max_length,
-                                 attention=args.attention, buckets=args.buckets)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+                                 attention=args.attention, buckets=args.buckets,
+                                 allow_task_mismatch=args.allow_task_mismatch)
     from jadapt.train.loop import write_metrics
+    from jadapt.train.run_dir import prepare_out
+
+    out = prepare_out(Path(args.out))
 
     write_metrics(out, result)
     main = _main_metric(result)
