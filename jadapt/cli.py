@@ -142,6 +142,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-compile-ahead", dest="compile_ahead", action="store_false", default=d["compile_ahead"],
                    help="compile each batch width's step when first met, not ahead in a background thread")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=d["progress"])
+    p.add_argument("--restart", action="store_true", default=d["restart"],
+                   help="--out holds a run (other settings, or finished): move it aside to <out>.old-<time> "
+                        "and start over (without it, a rerun resumes or reports that run)")
     _add_common(p, d)
 
 
@@ -161,6 +164,10 @@ def run_train(args) -> dict:
     _check_task(cfg.task)
     _check_model(cfg.model)
     result = fit(cfg)
+    if not result["history"]:
+        print(f"{result['task']} {result['method']}: stopped at step {result['steps']} before the first dev "
+              f"evaluation (no result yet; rerun to go on) -> {args.out}/metrics.json")
+        return result
     main = _main_metric(result)
     print(f"{result['task']} {result['method']}: dev {main[0]} = {main[1]:.4f} "
           f"(best of {len(result['history'])} evals, {result['wall_time_s']:.0f} s) -> {args.out}/metrics.json")
@@ -173,6 +180,8 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
                    help="adapter checkpoint dir, or a training run folder (<train out>: its best/)")
     p.add_argument("--task", default=d["task"], help="default: the checkpoint's task")
     p.add_argument("--split", default=d["split"], help="default: the task's dev split")
+    p.add_argument("--allow-task-mismatch", action="store_true", default=d["allow_task_mismatch"],
+                   help="evaluate on --task although the checkpoint was trained on another task")
     _add_attention(p, d)
     _add_common(p, d)
 
@@ -190,12 +199,14 @@ def run_eval(args) -> dict:
         _check_task(args.task)
     if not Path(args.checkpoint).exists():
         raise FileNotFoundError(f"--checkpoint {args.checkpoint}: the path does not exist")
+    from jadapt.train.publish import write_metrics
+    from jadapt.train.run_dir import prepare_out
+
+    out = prepare_out(Path(args.out))  # before the work: a bad --out fails fast
     result = evaluate_checkpoint(args.checkpoint, task=args.task, data_dir=args.data_dir, split=args.split,
                                  batch_size=args.batch_size, max_length=args.max_length,
-                                 attention=args.attention, buckets=args.buckets)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    from jadapt.train.loop import write_metrics
+                                 attention=args.attention, buckets=args.buckets,
+                                 allow_task_mismatch=args.allow_task_mismatch)
 
     write_metrics(out, result)
     main = _main_metric(result)

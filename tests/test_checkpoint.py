@@ -348,6 +348,27 @@ def test_train_errors(tmp_path):
         TrainCheckpointer(tmp_path / "x", best_mode="median")
 
 
+def test_train_checksum_refuses_values_that_read_back_but_differ(tmp_path):
+    """Damage that the storage format cannot see (valid chunks, other numbers): the CRC does."""
+    import shutil
+
+    import orbax.checkpoint as ocp
+
+    from jadapt.checkpoint.train import _unkey
+
+    state = _train_state()
+    with TrainCheckpointer(tmp_path / "run") as ck:
+        ck.save(3, state, {})
+    stored, _ = _unkey(state)
+    stored["trainable"]["a"]["kernel"] = stored["trainable"]["a"]["kernel"].at[0, 0].add(1.0)
+    item = tmp_path / "run" / "3" / "state"
+    shutil.rmtree(item)
+    with ocp.StandardCheckpointer() as writer:
+        writer.save(item, stored)
+    with pytest.raises(CheckpointError, match=r"run/3: 1 of \d+ leaves fail their checksum \(first: trainable/a/kernel\)"):
+        TrainCheckpointer(tmp_path / "run").restore(like=state)
+
+
 # ------------------------------------------------------------------ load_model
 def _trained(model_dir, adapters, active, head, fusion=None, seed=7):
     """(model, params, trainable leaves) as after training: pretrained backbone, random adapter /

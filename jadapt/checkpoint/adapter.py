@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import zlib
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -25,10 +24,6 @@ def _checkpointer():
     import orbax.checkpoint as ocp
 
     return ocp.Checkpointer(ocp.StandardCheckpointHandler())
-
-
-def _crc(x: np.ndarray) -> int:
-    return zlib.crc32(np.ascontiguousarray(x).view(np.uint8).reshape(-1)) & 0xFFFFFFFF
 
 
 def save_adapter(directory: str | os.PathLike, params: Mapping[str, Any], metadata: Mapping[str, Any]) -> Path:
@@ -48,7 +43,7 @@ def save_adapter(directory: str | os.PathLike, params: Mapping[str, Any], metada
         if not hasattr(x, "shape") or not hasattr(x, "dtype"):
             raise TypeError(f"param {p!r} is a {type(x).__name__}, not an array")
         host[p] = np.asarray(jax.device_get(x))
-    manifest = {p: {"shape": list(x.shape), "dtype": str(x.dtype), "crc32": _crc(x)} for p, x in host.items()}
+    manifest = {p: {"shape": list(x.shape), "dtype": str(x.dtype), "crc32": files.crc32(x)} for p, x in host.items()}
     files.check_replaceable(final)
     tmp = files.staging_dir(final)
     try:
@@ -100,7 +95,7 @@ def load_adapter(directory: str | os.PathLike) -> tuple[dict, dict]:
             errors.append(f"{p}: not in the manifest")
         elif list(x.shape) != list(m["shape"]) or str(x.dtype) != m["dtype"]:
             errors.append(f"{p}: {x.dtype}{list(x.shape)} != manifest's {m['dtype']}{m['shape']}")
-        elif "crc32" in m and _crc(np.asarray(x)) != m["crc32"]:
+        elif "crc32" in m and files.crc32(np.asarray(x)) != m["crc32"]:
             errors.append(f"{p}: checksum mismatch (damaged data)")
     if errors:
         raise CheckpointError(f"corrupt jadapt checkpoint: {path}:\n  " + "\n  ".join(errors[:10]))

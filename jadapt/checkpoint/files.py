@@ -10,10 +10,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import shutil
 import sys
 import uuid
+import zlib
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -42,9 +44,42 @@ def _json_default(x: Any):
     raise TypeError(f"{type(x).__name__} is not JSON-serialisable")
 
 
+def crc32(x: np.ndarray) -> int:
+    """CRC-32 of an array's bytes: what a checkpoint manifest records per leaf."""
+    return zlib.crc32(np.ascontiguousarray(x).view(np.uint8).reshape(-1)) & 0xFFFFFFFF
+
+
+def finite_json(obj: Any, where: str = "") -> tuple[Any, list[str]]:
+    """(``obj`` with every NaN / infinite float replaced by None, the paths replaced).
+
+    JSON has no NaN or Infinity: ``json.dumps`` would write literals that strict readers
+    (browsers, jq, most other languages) reject. A reader gets ``null`` and, where the
+    writer records them, the list of what was not finite.
+    """
+    if isinstance(obj, np.ndarray) or type(obj).__module__.startswith("jax"):
+        obj = np.asarray(obj).tolist()
+    if isinstance(obj, (float, np.floating)) and not math.isfinite(float(obj)):
+        return None, [where or "."]
+    if isinstance(obj, Mapping):
+        out, bad = {}, []
+        for k, v in obj.items():
+            out[k], b = finite_json(v, f"{where}/{k}" if where else str(k))
+            bad += b
+        return out, bad
+    if isinstance(obj, (list, tuple)):
+        out, bad = [], []
+        for i, v in enumerate(obj):
+            x, b = finite_json(v, f"{where}/{i}" if where else str(i))
+            out.append(x)
+            bad += b
+        return out, bad
+    return obj, []
+
+
 def to_json(obj: Any, what: str) -> str:
+    """Strict JSON text of ``obj`` (non-finite floats become null: see ``finite_json``)."""
     try:
-        return json.dumps(obj, indent=1, default=_json_default)
+        return json.dumps(finite_json(obj)[0], indent=1, default=_json_default, allow_nan=False)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{what} must be JSON-serialisable: {e}") from e
 
@@ -166,7 +201,7 @@ def publish(tmp: Path, final: Path) -> None:
         if old is not None and not final.exists():
             os.rename(old, final)
         raise
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -178,7 +213,7 @@ def remove_leftovers(final: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:

@@ -2,9 +2,11 @@
 
 Each step is an orbax step directory ``<dir>/<step>/`` with three items: ``state`` (the
 train-state pytree; typed PRNG keys stored as their uint32 key data), ``metadata`` (the
-run's JSON metadata) and ``layout`` (format, version, where the PRNG keys were). orbax
-writes a step into a temporary directory and renames it into place when complete, so a
-crash leaves the previous steps untouched and no half step visible.
+run's JSON metadata) and ``layout`` (format, version, where the PRNG keys were, and the
+CRC-32 of every leaf). orbax writes a step into a temporary directory and renames it into
+place when complete, so a crash leaves the previous steps untouched and no half step
+visible; the checksums catch what a crash cannot explain (a damaged disk or copy), which
+orbax itself would read back as valid numbers.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import numpy as np
 
 from jadapt.checkpoint import files
 from jadapt.checkpoint.files import CheckpointError
+from jadapt import faults
 
 TRAIN_FORMAT = "jadapt-train"
 MODES = ("min", "max")
@@ -61,6 +64,33 @@ class _Drop(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return self.text not in record.getMessage()
+
+
+def _checksums(stored) -> dict[str, int]:
+    """{path: CRC-32} of every leaf this process holds whole (on one host: all of them)."""
+    out = {}
+    for path, x in jax.tree_util.tree_flatten_with_path(stored)[0]:
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            continue  # spread over hosts: no process sees the whole leaf
+        out[_path_str(path)] = files.crc32(np.asarray(jax.device_get(x)))
+    return out
+
+
+def _layout_handler():
+    """orbax's JSON handler; under fault injection (jadapt.faults) it reaches the point
+    ``train-checkpoint`` once its file is in the temporary step directory, mid-write."""
+    import orbax.checkpoint as ocp
+
+    handler = ocp.JsonCheckpointHandler()
+    if os.environ.get(faults.ENV):
+        write = handler._save_fn
+
+        async def save_then_fault(x, directory):
+            await write(x, directory)
+            faults.fault_point("train-checkpoint")
+
+        handler._save_fn = save_then_fault
+    return handler
 
 
 def _abstract(like):
@@ -112,7 +142,7 @@ class TrainCheckpointer:
             enable_async_checkpointing=async_save, cleanup_tmp_directories=True, create=True)
         self._ocp = ocp
         handlers = {"state": ocp.StandardCheckpointHandler(), "metadata": ocp.JsonCheckpointHandler(),
-                    "layout": ocp.JsonCheckpointHandler()}
+                    "layout": _layout_handler()}
         self._manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
     # ------------------------------------------------------------------ writing
@@ -127,7 +157,8 @@ class TrainCheckpointer:
             if self.keep_best and self.best_metric not in metrics:
                 raise ValueError(f"metrics lack best_metric {self.best_metric!r}; got {sorted(metrics)}")
         stored, impls = _unkey(state)
-        layout = {"format": TRAIN_FORMAT, "version": files.VERSION, "prng_keys": impls}
+        layout = {"format": TRAIN_FORMAT, "version": files.VERSION, "prng_keys": impls,
+                  "crc32": _checksums(stored)}
         meta = json.loads(files.to_json(dict(metadata), "metadata"))  # numpy scalars -> JSON, or fail early
         args = self._ocp.args
         quiet = _Drop("did not provide metrics")  # a save without metrics is normal here
@@ -138,6 +169,10 @@ class TrainCheckpointer:
         finally:
             logging.getLogger("absl").removeFilter(quiet)
         return True
+
+    def delete(self, step: int) -> None:
+        """Remove step ``step`` (e.g. one found damaged, so that it is written anew)."""
+        self._manager.delete(int(step))
 
     def wait_until_finished(self) -> None:
         self._manager.wait_until_finished()
@@ -196,6 +231,7 @@ class TrainCheckpointer:
             target = _abstract(like)
             self._check_like(step, target)
         state = self._read(step, state=self._ocp.args.StandardRestore(target))["state"]
+        self._verify(step, state, layout.get("crc32"))
         impls = layout.get("prng_keys", {})
 
         def wrap(path, x):
@@ -217,11 +253,22 @@ class TrainCheckpointer:
 
     def _read(self, step: int, **items) -> dict:
         try:
-            return self._manager.restore(step, args=self._ocp.args.Composite(**items))
+            with files.quiet_failed_reads():
+                return self._manager.restore(step, args=self._ocp.args.Composite(**items))
         except Exception as e:  # orbax / tensorstore raise many types; name the path and the cause
             msg = str(e).strip().splitlines()[0][:400] if str(e).strip() else type(e).__name__
             raise CheckpointError(f"truncated or corrupt jadapt training checkpoint: {self.directory / str(step)}: "
                                   f"cannot read {'/'.join(items)} ({msg})") from e
+
+    def _verify(self, step: int, state, manifest: Optional[dict]) -> None:
+        """Compare every leaf with its saved CRC-32 (checkpoints from before checksums: none)."""
+        if not manifest:
+            return
+        got = _checksums(state)
+        bad = [p for p, c in manifest.items() if p in got and got[p] != c]
+        if bad:
+            raise CheckpointError(f"corrupt jadapt training checkpoint: {self.directory / str(step)}: "
+                                  f"{len(bad)} of {len(manifest)} leaves fail their checksum (first: {bad[0]})")
 
     def _check_like(self, step: int, target) -> None:
         """One error naming every leaf whose path or shape differs from the template's."""

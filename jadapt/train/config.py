@@ -55,6 +55,7 @@ class TrainConfig:
     compile_ahead: bool = True  # compile each batch width's step in a background thread (jadapt.train.ahead)
     attention: str = "matmul"  # matmul | fused (jax.nn.dot_product_attention: cuDNN on GPUs; no attention dropout)
     sharding: str = "dp"  # dp | fsdp | tp | fsdp+tp over all local devices (jadapt.sharding)
+    restart: bool = False  # an ``out`` holding another (or this) run: move it aside and start over
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -68,6 +69,9 @@ class TrainConfig:
             raise ValueError(f"buckets must be positive ints (padded batch widths), got {self.buckets!r}")
         if not (isinstance(self.epochs, (int, float)) and math.isfinite(self.epochs) and self.epochs > 0):
             raise ValueError(f"epochs must be a finite number > 0, got {self.epochs!r}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1 (a run of {self.max_steps} steps would report the untrained "
+                             f"model), got {self.max_steps}")
         if self.train_size is not None and self.train_size < 1:
             raise ValueError(f"train_size must be >= 1, got {self.train_size}")
         if self.k_shot is not None and self.k_shot < 1:

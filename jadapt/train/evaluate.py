@@ -6,18 +6,34 @@ from typing import Optional
 
 def evaluate_checkpoint(checkpoint: str, *, task: Optional[str] = None, data_dir: Optional[str] = None,
                         split: Optional[str] = None, batch_size: int = 64, max_length: int = 128,
-                        attention: str = "matmul", buckets: Optional[tuple[int, ...]] = None) -> dict:
+                        attention: str = "matmul", buckets: Optional[tuple[int, ...]] = None,
+                        allow_task_mismatch: bool = False) -> dict:
     """Metrics of the checkpoint's model on ``task``'s ``split`` (default: its dev split).
     ``attention``: ``matmul`` or ``fused`` (same numbers at inference; fused is for GPUs);
-    ``buckets``: padded batch widths (default ``jadapt.data.DEFAULT_BUCKETS``)."""
+    ``buckets``: padded batch widths (default ``jadapt.data.DEFAULT_BUCKETS``).
+
+    A head trained on one task scores another task's examples as if they were its own
+    labels (MRPC's "equivalent" read as SST-2's "positive"): a number, but no result. So a
+    task of another track than the checkpoint's is refused unless ``allow_task_mismatch``,
+    even where the label counts agree; one of the same track and labels (MNLI -> XNLI,
+    SST-2 -> IMDb: transfer) is evaluated with a notice. A checkpoint without a head (a
+    merge) is refused."""
     from jadapt import data
     from jadapt.checkpoint import load_model
     from jadapt.train.loop import evaluate
     from jadapt.train.step import make_eval_step
 
     model, params, meta = load_model(checkpoint, attention=attention)
-    spec = data.get_task(task or meta["task"])
     head = model.head
+    if head is None:
+        what = "a merge of adapters" if "merge" in meta else "adapters only"
+        raise ValueError(f"checkpoint {checkpoint} is {what}, with no task head to evaluate; give it one by "
+                         f"training on the target task: jadapt train --task <task> --init-adapter {checkpoint} ...")
+    trained_on = meta.get("task")
+    spec = data.get_task(task or trained_on)
+    if trained_on is not None and spec.name != trained_on:
+        _check_transfer(checkpoint, data.get_task(trained_on) if trained_on in data.TASKS else None, spec,
+                        allow_task_mismatch)
     want = 1 if spec.regression else spec.num_labels
     if head is None:  # e.g. a merge: heads belong to their source tasks, so merging drops them
         raise ValueError(f"checkpoint {checkpoint} holds adapters but no head (a merge?); train one on the "
@@ -36,3 +52,19 @@ def evaluate_checkpoint(checkpoint: str, *, task: Optional[str] = None, data_dir
     metrics = evaluate(eval_fn, params, {}, encoded, spec, batch_size, buckets=buckets)
     return {"task": spec.name, "split": split or spec.dev_split, "checkpoint": str(checkpoint),
             "examples": int(len(encoded["labels"])), **metrics}
+
+
+def _check_transfer(checkpoint, trained, spec, allowed: bool) -> None:
+    """Refuse (unless ``allowed``) a task whose labels mean something else than the head's."""
+    from jadapt.train.run_dir import notice
+
+    same_labels = (trained is not None and trained.track == spec.track and trained.num_labels == spec.num_labels
+                   and trained.regression == spec.regression)
+    name = trained.name if trained is not None else "another task"
+    if same_labels or allowed:
+        what = f"same {spec.track} labels" if same_labels else "--allow-task-mismatch"
+        notice(f"evaluating a checkpoint trained on {name!r} on {spec.name!r} ({what})")
+        return
+    track = f" ({trained.track})" if trained is not None else ""
+    raise ValueError(f"checkpoint {checkpoint} was trained on {name!r}{track}, not {spec.name!r} ({spec.track}): "
+                     f"its head's outputs mean {name}'s labels; pass --allow-task-mismatch to evaluate it anyway")

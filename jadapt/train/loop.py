@@ -1,10 +1,13 @@
 """``fit(TrainConfig)``: the training run behind ``jadapt train``, top to bottom.
 
-Phases: validate -> data -> model -> optimizer/state (or resume) -> epochs of jit steps with
-per-epoch dev evaluation -> best-dev adapter checkpoint + ``metrics.json``.
-Resuming: a run restarted with the same config and ``out`` continues from its last
-checkpoint (step, RNG, optimizer state and data position) and ends bitwise identical to an
-uninterrupted run.
+Phases: validate -> lock ``out`` -> data -> model -> optimizer/state (or resume) -> epochs of
+jit steps with per-epoch dev evaluation -> best-dev adapter (``best/``) + ``metrics.json``.
+Resuming: a run restarted with the same config and ``out`` continues from its last intact
+checkpoint (step, RNG, optimizer state, data position, and the evals reported so far) and
+ends bitwise identical to an uninterrupted run, in its state and in what it reports,
+wherever it was killed: an epoch's checkpoint is written after its evaluation and records
+it, and ``best/`` follows the checkpoint (``jadapt.train.publish``).
+A non-finite loss stops the run (``NonFiniteError``) before anything non-finite is saved.
 """
 from __future__ import annotations
 
@@ -15,10 +18,15 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jadapt import tree
+from jadapt.checkpoint import files
+from jadapt.faults import fault_point
+from jadapt.train import publish, run_dir
 from jadapt.train.config import TrainConfig
+from jadapt.train.epochs import run_steps
 from jadapt.train.model_setup import adapter_to_save, build_model, run_metadata
 from jadapt.train.optim import learning_rate_now, make_optimizer, split, trainable_labels
 from jadapt.train.step import init_state, jit_steps, make_eval_step, make_train_step
@@ -114,9 +122,13 @@ def evaluate(evaluate_fn, trainable, frozen, dev: dict, task, batch_size: int, b
 
 # ---------------------------------------------------------------- the run
 def fit(cfg: TrainConfig) -> dict:
-    """Train, evaluate every epoch, keep the best dev adapter; returns the final metrics."""
+    """Train, evaluate every epoch, keep the best dev adapter; returns the final metrics.
+
+    The run folder is locked for the run, checked against the settings it was started with
+    (``jadapt.train.run_dir``), and a finished run is reported, not retrained.
+    """
     from jadapt import data
-    from jadapt.checkpoint import TrainCheckpointer, save_adapter
+    from jadapt.distributed import is_coordinator
     from jadapt.models.config import EncoderConfig
     from jadapt.models.hf import resolve_model_path
 
@@ -126,9 +138,26 @@ def fit(cfg: TrainConfig) -> dict:
     enc_cfg = EncoderConfig.from_pretrained(model_dir)
     if cfg.max_length > enc_cfg.max_length:
         raise ValueError(f"max_length {cfg.max_length} exceeds the model's maximum {enc_cfg.max_length}")
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = run_dir.prepare_out(Path(cfg.out))
+    with run_dir.RunLock(out, enabled=is_coordinator()):
+        fault_point("run-start")
+        done = run_dir.open_run(out, cfg, write=is_coordinator())
+        if done is not None:
+            return done
+        return _train(cfg, task, model_dir, enc_cfg, out)
+
+
+class NonFiniteError(ValueError):
+    """The training loss or the trained parameters stopped being finite numbers."""
+
+
+def _train(cfg: TrainConfig, task, model_dir: Path, enc_cfg, out: Path) -> dict:
+    from jadapt import data
+    from jadapt.checkpoint import TrainCheckpointer
+    from jadapt.distributed import is_coordinator
+
     t0 = time.time()
+    coordinator = is_coordinator()
 
     # --- data
     train, dev = prepare_data(cfg, task, model_dir, enc_cfg.max_length)
@@ -150,14 +179,26 @@ def fit(cfg: TrainConfig) -> dict:
     state = init_state(trainable, tx, cfg.seed)
     metadata = run_metadata(cfg, model, model_dir, task)
 
-    ckpt = TrainCheckpointer(out / "checkpoints", max_to_keep=1, keep_best=False)
-    start = ckpt.latest_step()
-    if start is not None:
-        state = ckpt.restore(start, like=state)
+    # two kept: a damaged latest one leaves one to fall back to
+    ckpt = TrainCheckpointer(out / "checkpoints", max_to_keep=2, keep_best=False)
+    state, record = _resume(ckpt, state)
     start = int(state["step"])
+    main = task.metrics[0]
+    history, best_metrics = list(record.get("history", [])), record.get("best")
+    if coordinator:
+        if "history" in record:
+            publish.reconcile_best(out, None if best_metrics is None else best_metrics["step"])
+        elif (out / publish.BEST_METRICS).is_file():  # a checkpoint from before the record: trust the file
+            best_metrics = json.loads((out / publish.BEST_METRICS).read_text())
 
     train_step, eval_step, state, frozen, put = place_and_jit(cfg, model, tx, task, state, frozen)
     stop_at = total_steps if cfg.max_steps is None else min(total_steps, cfg.max_steps)
+    if start >= stop_at:
+        why = ("the run's last checkpoint is its end" if start >= total_steps else
+               f"it is at step {start} already and max_steps is {cfg.max_steps}")
+        run_dir.notice(f"{out}: nothing to train ({why}); reporting the run as its checkpoint records it")
+    elif coordinator:
+        (out / publish.METRICS).unlink(missing_ok=True)  # a report of an earlier stop; the new one follows
     ahead = None
     if cfg.compile_ahead and start < stop_at:
         ahead = compile_ahead(train_step, eval_step, state, frozen, put, train, dev, cfg,
@@ -165,55 +206,60 @@ def fit(cfg: TrainConfig) -> dict:
         train_step, eval_step = ahead.waiting(train_step, "train"), ahead.waiting(eval_step, "eval")
 
     # --- epochs
-    from jadapt.distributed import is_coordinator
-
-    log = open(out / "log.jsonl", "a") if is_coordinator() else open(os.devnull, "w")
-    best, best_metrics, history = -math.inf, None, []
-    best_path = out / "best"
-    if (out / "best_metrics.json").is_file():
-        best_metrics = json.loads((out / "best_metrics.json").read_text())
-        best = best_metrics[task.metrics[0]]
+    log = open(out / "log.jsonl", "a") if coordinator else open(os.devnull, "w")
     bar = _progress(cfg.progress, total_steps, start)
-    step = start
+    step, losses = start, []  # losses: (step, device scalar) not yet checked for finiteness
+    saved = [s for s in ckpt.all_steps() if s <= start]
+
+    def save(step: int, state: dict) -> None:
+        _check_finite(losses, state["trainable"], step, saved)
+        if ckpt.save(step, state, {**metadata, "record": {"history": history, "best": best_metrics}}):
+            saved.append(step)
+
+    def on_step(step: int, epoch: int, state: dict, m) -> None:
+        losses.append((step, m["loss"]))
+        bar.update(1)
+        if step % 10 == 0 or step == stop_at:
+            _check_finite(losses, None, step, saved)
+            rec = {"step": step, "epoch": epoch, "loss": float(m["loss"]),
+                   "lr": learning_rate_now(state["opt_state"])}
+            log.write(json.dumps(rec) + "\n")
+            bar.set_postfix(loss=f"{rec['loss']:.4f}")
+        epoch_end = step % steps_per_epoch == 0 or step >= total_steps
+        if cfg.save_every and step % cfg.save_every == 0 and not epoch_end:
+            save(step, state)  # an epoch's last step is saved after its evaluation
+
+    def on_epoch_end(step: int, epoch: int, state: dict) -> None:
+        nonlocal best_metrics
+        _check_finite(losses, state["trainable"], step, saved)
+        metrics = evaluate(eval_step, state["trainable"], frozen, dev, task, cfg.eval_batch_size, cfg.buckets)
+        metrics.update(step=step, epoch=round(step / steps_per_epoch, 4))
+        history.append(metrics)
+        log.write(json.dumps(files.finite_json(metrics)[0]) + "\n")
+        if best_metrics is None or metrics[main] > best_metrics[main]:
+            best_metrics = metrics
+            if coordinator:
+                publish.publish_best(out, step, adapter_to_save(state["trainable"], frozen, model), metadata, metrics)
+        log.flush()
+        save(step, state)  # records the history and the best: a restart resumes what was reported
+        fault_point("epoch-checkpoint")
+        if coordinator:
+            publish.remove_losers(out)
+
     try:
-        while step < stop_at:
-            epoch, in_epoch = divmod(step, steps_per_epoch)
-            batches = data.epoch_batches(train, cfg.batch_size, seed=cfg.seed, epoch=epoch, start_step=in_epoch,
-                                         buckets=cfg.buckets)
-            for batch in data.prefetch(batches, put):
-                state, m = train_step(state, frozen, batch)
-                step, in_epoch = step + 1, in_epoch + 1
-                bar.update(1)
-                if step % 10 == 0 or step == stop_at:
-                    rec = {"step": step, "epoch": epoch, "loss": float(m["loss"]),
-                           "lr": learning_rate_now(state["opt_state"])}
-                    log.write(json.dumps(rec) + "\n")
-                    bar.set_postfix(loss=f"{rec['loss']:.4f}")
-                if cfg.save_every and step % cfg.save_every == 0:
-                    ckpt.save(step, state, metadata)
-                if step >= stop_at:
-                    break
-            if in_epoch >= steps_per_epoch or step >= total_steps:  # an epoch (or the run) ended
-                metrics = evaluate(eval_step, state["trainable"], frozen, dev, task, cfg.eval_batch_size, cfg.buckets)
-                metrics.update(step=step, epoch=round(step / steps_per_epoch, 4))
-                history.append(metrics)
-                log.write(json.dumps({"eval": metrics}) + "\n")
-                if metrics[task.metrics[0]] > best:
-                    best, best_metrics = metrics[task.metrics[0]], metrics
-                    if is_coordinator():
-                        save_adapter(best_path, adapter_to_save(state["trainable"], frozen, model),
-                                     {**metadata, "metrics": metrics})
-                        (out / "best_metrics.json").write_text(json.dumps(metrics, indent=1))
+        state, step = run_steps(train_step, state, frozen, train, batch_size=cfg.batch_size, seed=cfg.seed,
+                                steps_per_epoch=steps_per_epoch, start=start, stop=stop_at, total=total_steps,
+                                buckets=cfg.buckets, put=put, on_step=on_step, on_epoch_end=on_epoch_end)
+        if step > start and step not in saved:  # stopped inside an epoch (--max-steps): resumable from here
             log.flush()
-            ckpt.save(step, state, metadata)
+            save(step, state)
     finally:  # a failed run must not leave a compile running into interpreter exit
         if ahead is not None:
             ahead.close()
-    bar.close()
-    ckpt.close()
-    log.close()
-    if not history and best_metrics is None:  # resumed after the end: evaluate once more
-        best_metrics = evaluate(eval_step, state["trainable"], frozen, dev, task, cfg.eval_batch_size, cfg.buckets)
+        bar.close()
+        ckpt.close()
+        log.close()
+    finished = step >= total_steps
     result = {
         "task": task.name,
         "method": cfg.method,
@@ -224,21 +270,74 @@ def fit(cfg: TrainConfig) -> dict:
         "train_examples": int(len(train["labels"])),
         "dev_examples": int(len(dev["labels"])),
         "steps": step,
+        "total_steps": total_steps,
+        "finished": finished,
         "trainable_params": tree.count(state["trainable"]),
         "total_params": tree.count(state["trainable"]) + tree.count(frozen),
         "wall_time_s": round(time.time() - t0, 2),
         "config": cfg.to_dict(),
     }
-    if is_coordinator():
-        write_metrics(out, result)
+    if coordinator:
+        fault_point("metrics")
+        publish.write_metrics(out, result)
+        if finished:
+            _keep_only_last(out / "checkpoints")
     return result
 
 
-def write_metrics(out: Path, metrics: dict) -> None:
-    """Atomic ``metrics.json``."""
-    tmp = out / ".metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=1, default=float))
-    os.replace(tmp, out / "metrics.json")
+def _resume(ckpt, like: dict) -> tuple[dict, dict]:
+    """(state, record) of the newest intact checkpoint, or (``like``, {}) where there is none.
+
+    A damaged checkpoint (its checksums, or orbax, refuse it) is deleted, so that its step is
+    written anew, and the one before it is tried, saying so; none left intact: stop.
+    """
+    from jadapt.checkpoint import CheckpointError
+
+    steps = ckpt.all_steps()
+    for i, step in enumerate(reversed(steps)):
+        try:
+            state = ckpt.restore(step, like=like)
+            meta = ckpt.metadata(step)
+        except CheckpointError as e:
+            older = steps[:len(steps) - 1 - i]
+            if not older:
+                raise CheckpointError(f"{e}; no older intact checkpoint to resume from "
+                                      f"(pass --restart to start over)") from None
+            run_dir.notice(f"{e}; resuming from {ckpt.directory / str(older[-1])} instead")
+            ckpt.delete(step)
+            continue
+        return state, meta.get("record", {}) if isinstance(meta, dict) else {}
+    return like, {"history": [], "best": None}
+
+
+def _check_finite(losses: list, trainable, step: int, saved: list) -> None:
+    """Raise NonFiniteError naming the first step whose loss (or, at ``step``, whose
+    trained parameters, when ``trainable`` is given) is not finite. Reads the losses in one
+    transfer, here rather than every step, so the steps keep being dispatched ahead."""
+    where = f"; checkpoints up to step {saved[-1]} are intact" if saved else "; no checkpoint was written"
+    if losses:
+        values = np.asarray(jax.device_get([v for _, v in losses]), dtype=np.float64)
+        bad = np.flatnonzero(~np.isfinite(values))
+        if len(bad):
+            s, v = losses[bad[0]][0], values[bad[0]]
+            raise NonFiniteError(f"training loss is {v} at step {s}: the run stopped{where} "
+                                 f"(a lower --lr may help)")
+        losses.clear()
+    if trainable is not None:
+        finite = jax.tree_util.tree_map(lambda x: jnp.isfinite(x).all(), trainable)
+        if not all(bool(f) for f in jax.tree_util.tree_leaves(finite)):
+            raise NonFiniteError(f"trained parameters are not finite after step {step} (the loss was finite up "
+                                 f"to there): the run stopped{where} (a lower --lr may help)")
+
+
+def _keep_only_last(directory: Path) -> None:
+    """A finished run keeps its final checkpoint only (the rolling ones were for resuming)."""
+    from jadapt.checkpoint import TrainCheckpointer
+
+    ck = TrainCheckpointer(directory, max_to_keep=None, keep_best=False)
+    for s in ck.all_steps()[:-1]:
+        ck.delete(s)
+    ck.close()
 
 
 class _NoBar:
