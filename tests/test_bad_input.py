@@ -64,7 +64,7 @@ CASES = [
     Case("missing-data-dir", ("train", "--task", "rte", "--model", "{model}", "--data-dir", "{tmp}/nodata",
                               "--out", "{tmp}/o"), ("{tmp}/nodata",)),
     Case("eval-a-merge", ("eval", "--checkpoint", "{merged}", "--task", "rte", "--data-dir", "{data}",
-                          "--out", "{tmp}/o"), ("{merged}", "no head", "--init-adapter {merged}")),
+                          "--out", "{tmp}/o"), ("{merged}", "no task head", "--init-adapter {merged}")),
     Case("no-data-offline", ("train", "--task", "rte", "--model", "{model}", "--out", "{tmp}/o"),
          ("--data-dir", "JADAPT_DATA_DIR"), subprocess=True,  # datasets reads the offline flags at import
          env=(("JADAPT_DATA_DIR", ""), ("HF_DATASETS_OFFLINE", "1"), ("HF_HUB_OFFLINE", "1"))),
@@ -76,7 +76,22 @@ CASES = [
 
 # ---- Reliability cases (issue 21): append Case(...) entries here -------------------------------
 # (--out an existing file / read-only, --max-steps 0, --lr inf, eval task mismatch, the --out lock)
-RELIABILITY_CASES: list[Case] = []
+_TINY = ("--model", "{model}", "--data-dir", "{data}", "--max-length", "16", "--batch-size", "8", "--no-progress",
+         "--no-compile-ahead")
+RELIABILITY_CASES: list[Case] = [
+    Case("out-is-a-file", ("train", "--task", "rte", *_TINY, "--out", "{file}"), ("--out", "{file}")),
+    Case("out-read-only", ("train", "--task", "rte", *_TINY, "--out", "/proc/jadapt-test/o"),
+         ("--out", "/proc/jadapt-test/o")),
+    Case("eval-out-is-a-file", ("eval", "--checkpoint", "{run}/best", "--data-dir", "{data}", "--out", "{file}"),
+         ("--out", "{file}")),
+    Case("max-steps-zero", ("train", "--task", "rte", "--max-steps", "0", "--out", "{tmp}/o"), ("--max-steps",)),
+    Case("lr-inf", ("train", "--task", "rte", *_TINY, "--lr", "inf", "--out", "{tmp}/lr-inf"),
+         ("the run stopped", "step", "--lr")),
+    Case("eval-task-mismatch", ("eval", "--checkpoint", "{run}/best", "--task", "mrpc", "--data-dir", "{data}",
+                                "--out", "{tmp}/o"), ("'rte'", "'mrpc'", "--allow-task-mismatch")),
+    Case("resume-other-settings", ("train", "--task", "rte", *_TINY, "--train-size", "8", "--out", "{run}"),
+         ("{run}", "train_size", "--restart")),
+]
 # ------------------------------------------------------------------------------------------------
 
 ALL = CASES + RELIABILITY_CASES
@@ -105,6 +120,8 @@ def paths(tiny_runs, tmp_path_factory) -> dict:
     plain = root / "plain"
     plain.mkdir()
     (plain / "notes.txt").write_text("not a checkpoint")
+    a_file = root / "a-file"
+    a_file.write_text("not a folder")
     unfinished = root / "unfinished"
     (unfinished / "checkpoints" / "4").mkdir(parents=True)
     truncated, emptied = root / "truncated", root / "emptied"
@@ -120,9 +137,9 @@ def paths(tiny_runs, tmp_path_factory) -> dict:
     adapters = unify_names([{"encoder": x["encoder"]} for x in (a, b)])
     save_adapter(merged, merge_adapters(adapters, "average"), {**meta, "head": None})
     names = ("tmp", "run", "model", "data", "weightless", "latin1", "plain", "unfinished", "truncated", "emptied",
-             "merged")
+             "merged", "file")
     values = (root / "tmp", tiny_runs.rte, tiny_runs.model, tiny_runs.data, weightless, latin1, plain, unfinished,
-              truncated, emptied, merged)
+              truncated, emptied, merged, a_file)
     return {n: str(v) for n, v in zip(names, values)}
 
 

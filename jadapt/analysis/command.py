@@ -11,7 +11,6 @@ layers 1..L, since the embeddings are frozen under adapter tuning) and ``<out>/r
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any, Optional
 import numpy as np
 
 from jadapt.analysis.collect import LEVELS, CompareConfig, compare_models, tokenize_batches
+from jadapt.checkpoint import files
 
 # Text fields per row, first match wins: pairs before single texts.
 TEXT_FIELDS = (("sentence1", "sentence2"), ("question", "sentence"), ("premise", "hypothesis"),
@@ -33,7 +33,7 @@ def add_rsa_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="base model: HF model directory, a jadapt checkpoint, or omitted for the packaged default")
     p.add_argument("--tuned", required=True, help="tuned model: jadapt checkpoint directory (or an HF model directory)")
     p.add_argument("--task", default="sst2", help="task folder under --data-dir (e.g. sst2, rte, xnli/en)")
-    p.add_argument("--data-dir", default=None, help="task data root (default: $JADAPT_DATA_DIR, else ../shared/data)")
+    p.add_argument("--data-dir", default=None, help="task data root (default: $JADAPT_DATA_DIR)")
     p.add_argument("--split", default="validation", help="split file name without .jsonl")
     p.add_argument("--text-file", default=None, help="use these sentences (one per line) instead of --task")
     p.add_argument("--tokenizer", default=None,
@@ -49,20 +49,19 @@ def add_rsa_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 
-def default_data_dir() -> Path:
-    env = os.environ.get("JADAPT_DATA_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2].parent / "shared" / "data"
-
-
 def load_texts(task: str, data_dir: str | os.PathLike | None = None, split: str = "validation",
                limit: Optional[int] = None) -> list:
     """The first ``limit`` inputs of a task split: strings, or (a, b) pairs for pair tasks."""
-    root = Path(data_dir) if data_dir else default_data_dir()
+    from jadapt.data.loading import read_jsonl, resolve_data_dir
+
+    root = resolve_data_dir(data_dir)
+    if root is None:
+        raise FileNotFoundError(f"--data-dir: the RSA probe reads {task!r} sentences from a local data directory; "
+                                "pass --data-dir DIR or set $JADAPT_DATA_DIR (or give --text-file)")
     path = root / task / f"{split}.jsonl"
     if not path.is_file():
         have = sorted(p.stem for p in (root / task).glob("*.jsonl")) if (root / task).is_dir() else []
         raise FileNotFoundError(f"no {path}; splits present for {task!r}: {have or 'none (check --data-dir)'}")
-    from jadapt.data.loading import read_jsonl
 
     out = []
     for row in read_jsonl(path, limit=limit):
@@ -179,7 +178,7 @@ def run_rsa(args: argparse.Namespace) -> None:
           f"  ({len(texts)} sentences, {result['num_rows']} rows, level={args.level})")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    files.write_metrics(out, metrics)
     label = args.task if not args.text_file else Path(args.text_file).name
     plot_layer_curves({"RSA": result["rsa"], "CKA": result["cka"]}, out / "rsa.png",
                       title=f"tuned vs base ({label}, {args.level} level, n={len(texts)})")

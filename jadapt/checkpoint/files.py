@@ -107,6 +107,20 @@ def write_json(path: Path, obj: Any) -> None:
         os.fsync(f.fileno())
 
 
+def write_metrics(out: str | os.PathLike, metrics: Mapping[str, Any]) -> Path:
+    """``<out>/metrics.json``, what every jadapt command leaves: atomic (written beside, fsynced,
+    renamed) and strict JSON, a NaN or infinite value written as null and its key listed under
+    ``non_finite``."""
+    out = Path(out)
+    clean, bad = finite_json(dict(metrics))
+    if bad:
+        clean["non_finite"] = bad
+    tmp = out / ".metrics.json.tmp"
+    write_json(tmp, clean)
+    os.replace(tmp, out / "metrics.json")
+    return out / "metrics.json"
+
+
 def existing_dir(directory: str | os.PathLike) -> Path:
     """``directory`` as an absolute path, or FileNotFoundError (with a recovery hint)."""
     path = Path(directory).expanduser().absolute()

@@ -8,12 +8,11 @@ Both write ``<out>/metrics.json`` with a summary (what was converted, parameter 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import warnings
 from pathlib import Path
 
+from jadapt.checkpoint import files
 from jadapt.interop import FORMATS
 
 
@@ -80,6 +79,4 @@ def run_export(args) -> dict:
 
 def _write_metrics(out: Path, result: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".metrics.json.tmp"
-    tmp.write_text(json.dumps(result, indent=1, default=str))
-    os.replace(tmp, out / "metrics.json")
+    files.write_metrics(out, result)

@@ -19,7 +19,6 @@ with ``ot_cost="activations"``) run every adapter alone in the base model on ``p
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 from pathlib import Path
@@ -29,7 +28,7 @@ import jax
 
 from jadapt import tree
 from jadapt import param_paths as paths
-from jadapt.checkpoint import load_adapter, save_adapter
+from jadapt.checkpoint import files, load_adapter, save_adapter
 from jadapt.merge import sites
 from jadapt.merge.average import average
 from jadapt.merge.methods import NEEDS_ACTIVATIONS, merge_adapters
@@ -133,7 +132,7 @@ def save_merged(out: PathLike, params: dict, metadata: dict) -> dict:
     path = save_adapter(out, params, metadata)
     summary = {"out": str(path), "method": metadata["merge"]["method"], "adapters": metadata["merge"]["sources"],
                "name": (metadata["active"] or [None])[0], "params": tree.count(params)}
-    Path(path).joinpath("metrics.json").write_text(json.dumps({**summary, "merge": metadata["merge"]}, indent=1))
+    files.write_metrics(path, {**summary, "merge": metadata["merge"]})
     return summary
 
 

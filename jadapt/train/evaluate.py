@@ -25,22 +25,21 @@ def evaluate_checkpoint(checkpoint: str, *, task: Optional[str] = None, data_dir
 
     model, params, meta = load_model(checkpoint, attention=attention)
     head = model.head
-    if head is None:
+    if head is None:  # a merge: heads belong to their source tasks, so merging drops them
         what = "a merge of adapters" if "merge" in meta else "adapters only"
+        target = task or "<task>"
         raise ValueError(f"checkpoint {checkpoint} is {what}, with no task head to evaluate; give it one by "
-                         f"training on the target task: jadapt train --task <task> --init-adapter {checkpoint} ...")
+                         f"training on the target task: jadapt train --task {target} --init-adapter {checkpoint} "
+                         "--out DIR")
     trained_on = meta.get("task")
     spec = data.get_task(task or trained_on)
     if trained_on is not None and spec.name != trained_on:
         _check_transfer(checkpoint, data.get_task(trained_on) if trained_on in data.TASKS else None, spec,
                         allow_task_mismatch)
     want = 1 if spec.regression else spec.num_labels
-    if head is None:  # e.g. a merge: heads belong to their source tasks, so merging drops them
-        raise ValueError(f"checkpoint {checkpoint} holds adapters but no head (a merge?); train one on the "
-                         f"task first: jadapt train --task {spec.name} --init-adapter {checkpoint} --out DIR")
     if head.num_labels != want or head.regression != spec.regression:
         raise ValueError(f"checkpoint {checkpoint} has a head for {meta.get('task')!r} "
-                         f"({None if head is None else head.num_labels} outputs); task {spec.name!r} needs {want}")
+                         f"({head.num_labels} outputs); task {spec.name!r} needs {want}")
     if max_length > model.config.max_length:
         raise ValueError(f"max_length {max_length} exceeds the model's maximum {model.config.max_length}")
     tok = data.load_tokenizer(meta["base_model"])

@@ -130,11 +130,11 @@ def fit(cfg: TrainConfig) -> dict:
     from jadapt import data
     from jadapt.distributed import is_coordinator
     from jadapt.models.config import EncoderConfig
-    from jadapt.models.hf import resolve_model_path
+    from jadapt.models.hf import require_weights, resolve_model_path
 
     # --- validate everything cheap before any heavy work
     task = data.get_task(cfg.task)
-    model_dir = resolve_model_path(cfg.model)
+    model_dir = require_weights(resolve_model_path(cfg.model))  # before a tokenizer opens it (see require_weights)
     enc_cfg = EncoderConfig.from_pretrained(model_dir)
     if cfg.max_length > enc_cfg.max_length:
         raise ValueError(f"max_length {cfg.max_length} exceeds the model's maximum {enc_cfg.max_length}")
@@ -279,7 +279,7 @@ def _train(cfg: TrainConfig, task, model_dir: Path, enc_cfg, out: Path) -> dict:
     }
     if coordinator:
         fault_point("metrics")
-        publish.write_metrics(out, result)
+        files.write_metrics(out, result)
         if finished:
             _keep_only_last(out / "checkpoints")
     return result

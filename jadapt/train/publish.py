@@ -103,14 +103,3 @@ def remove_losers(out: Path) -> None:
                 shutil.rmtree(p, ignore_errors=True)
             else:
                 p.unlink(missing_ok=True)
-
-
-def write_metrics(out: Path, metrics: Mapping[str, Any]) -> None:
-    """Atomic ``metrics.json``, strict JSON: a NaN or infinite value is written as null and
-    its key listed under ``non_finite``."""
-    clean, bad = files.finite_json(dict(metrics))
-    if bad:
-        clean["non_finite"] = bad
-    tmp = out / f".{METRICS}.tmp"
-    files.write_json(tmp, clean)
-    os.replace(tmp, out / METRICS)
