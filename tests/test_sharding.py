@@ -13,7 +13,7 @@ from jadapt.models.config import EncoderConfig
 from jadapt.models.model import AdapterModel, HeadConfig
 from jadapt.models.pretrained import param_shapes
 
-import multihost_worker as worker
+from tests.distributed import multihost_worker as worker
 
 needs8 = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 devices (XLA_FLAGS=--xla_force_host_platform_device_count=8)")
 

@@ -384,7 +384,9 @@ PEER_SCRIPT = textwrap.dedent(r'''
 
 
 def _peer_python() -> str | None:
-    cand = os.environ.get("JADAPT_PEER_PYTHON") or "/work/peervenv/bin/python"
+    from tests.conftest import REPO
+
+    cand = os.environ.get("JADAPT_PEER_PYTHON") or str(REPO / ".venv-peers" / "bin" / "python")
     for exe in (cand, sys.executable):
         if exe and (Path(exe).is_file() or shutil.which(exe)):
             ok = subprocess.run([exe, "-c", "import adapters, torch"], capture_output=True).returncode == 0

@@ -370,7 +370,7 @@ def _data_dir() -> Path | None:
     import os
 
     env = os.environ.get("JADAPT_DATA_DIR")
-    p = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    p = Path(env) if env else Path(__file__).resolve().parents[2].parent / "shared" / "data"
     return p if (p / "sst2").is_dir() else None
 
 

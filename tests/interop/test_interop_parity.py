@@ -6,7 +6,7 @@ side and compares hidden states / logits (<= 1e-4). Bases: a random tiny BERT / 
 saved with ``save_pretrained`` and the packaged all-MiniLM-L6-v2.
 
 Run in the venv that has the libraries:
-    /work/peervenv/bin/python -m pytest -q tests/test_interop_parity.py
+    .venv-peers/bin/python -m pytest -q tests/interop/test_interop_parity.py
 """
 from __future__ import annotations
 

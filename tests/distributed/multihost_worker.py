@@ -1,11 +1,11 @@
 """A few steps of adapter training on a tiny random model, sharded by a strategy.
 
 Imported by tests/test_sharding.py (single process) and run as a script, one copy per
-process, by tests/test_multihost.py:
+process, by tests/distributed/test_multihost.py:
 
     JADAPT_COORDINATOR=localhost:PORT JADAPT_NUM_PROCESSES=2 JADAPT_PROCESS_ID=0 \\
     XLA_FLAGS=--xla_force_host_platform_device_count=4 JAX_PLATFORMS=cpu \\
-        python tests/multihost_worker.py --out /tmp/p0.npz --strategy dp
+        python tests/distributed/multihost_worker.py --out /tmp/p0.npz --strategy dp
 
 The step is jadapt.train's (AdamW over the adapter + head + layer-norm partition, global-norm
 clipping, weighted cross-entropy) with dropout on: hash dropout masks depend only on the

@@ -37,7 +37,7 @@ from jadapt.models.config import EncoderConfig
 from jadapt.models.model import AdapterModel, HeadConfig
 from jadapt.models.pretrained import init_params
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # ----------------------------------------------------------------------------- references (float64 numpy, n x n form)

@@ -16,7 +16,7 @@ import pytest
 
 from jadapt import data
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 # ---------------------------------------------------------------- fixtures

@@ -1,6 +1,6 @@
 """Two local processes x 4 CPU devices train together and match one process x 8 devices.
 
-Each process runs tests/multihost_worker.py, joins through jadapt.distributed.initialize
+Each process runs tests/distributed/multihost_worker.py, joins through jadapt.distributed.initialize
 (env JADAPT_COORDINATOR / JADAPT_NUM_PROCESSES / JADAPT_PROCESS_ID, a localhost coordinator
 on a free port), feeds only its half of every global batch (host_shard +
 make_array_from_process_local_data) and the cross-process collectives run over gloo.
