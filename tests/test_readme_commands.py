@@ -84,7 +84,8 @@ def write_hub_adapters(folder: Path, model_dir: Path) -> None:
     from jadapt.adapters.config import preset
     from jadapt.models.config import EncoderConfig
     from jadapt.models.model import AdapterModel
-    from jadapt.models.pretrained import adapter_path_pattern, param_shapes
+    from jadapt.models.pretrained import param_shapes
+    from jadapt.param_paths import adapter_pattern
 
     enc = EncoderConfig.from_pretrained(model_dir)
     for i, name in enumerate(["sentiment_a", "sentiment_b"]):
@@ -92,7 +93,7 @@ def write_hub_adapters(folder: Path, model_dir: Path) -> None:
         shapes = param_shapes(AdapterModel(enc, adapters=((name, cfg),), active=(name,)))
         rng = np.random.default_rng(i)
         params = {p: (0.05 * rng.standard_normal(s)).astype(np.float32)
-                  for p, s in shapes.items() if re.search(adapter_path_pattern(name), p)}
+                  for p, s in shapes.items() if re.search(adapter_pattern(name), p)}
         bundle = interop.AdapterBundle(name, cfg, tree.unflatten(params), base_model=str(model_dir))
         interop.write_adapterhub(folder / name, bundle, encoder_config=enc)
 
