@@ -16,10 +16,11 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from experiments import common
+from jadapt.train.config import DEFAULT_LR
 
 RESULTS = Path(__file__).resolve().parent / "results"
-ADAPTER_LR = 1e-3  # jadapt.train.config.DEFAULT_LR["houlsby"]
-FULL_LR = 5e-5  # jadapt.train.config.DEFAULT_LR["full"]
+ADAPTER_LR = DEFAULT_LR["houlsby"]  # the studies' fixed-rate defaults are jadapt train's
+FULL_LR = DEFAULT_LR["full"]
 
 
 # =============================================================================== shared
