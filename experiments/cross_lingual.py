@@ -40,7 +40,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from experiments import common
+from experiments import common, protocol
 from experiments.study import (Method, Study, Tuner, add_common_args, finish_args, make_tuner, new_figure,
                                       parse_list, parse_methods, save_figure, settings_of, start, write_report)
 
@@ -115,13 +115,10 @@ def english_pool(tuner: Tuner, sources: Sequence[tuple[str, str]]) -> dict:
 
 def split_heldout(pool: dict, n: int) -> tuple[dict, dict]:
     """(train, held-out English) by one fixed seeded draw, the same for every run."""
-    from jadapt import data
-
-    total = data.num_rows(pool)
+    total = len(pool["labels"])
     if n >= total:
         raise ValueError(f"--heldout {n} leaves no training rows (the pool has {total})")
-    order = np.random.default_rng(HELDOUT_SEED).permutation(total)
-    return data.take(pool, np.sort(order[n:])), data.take(pool, np.sort(order[:n]))
+    return protocol.heldout_split(pool, n, HELDOUT_SEED)
 
 
 def xnli_sets(tuner: Tuner, langs: Sequence[str], eval_rows: int) -> dict:
@@ -207,20 +204,6 @@ def run_scores(rec: dict, columns: Sequence[str], n: int) -> np.ndarray:
     return np.stack([unpack(rec["correct"][c], n) for c in columns])
 
 
-def bootstrap_diff(a: np.ndarray, b: np.ndarray, reps: int, seed: int = 0) -> tuple[float, float, float]:
-    """Mean of A - B with a 95 % interval; ``a``, ``b``: ``[seeds, values per seed]`` paired by
-    seed and by value (same rows / languages). Resamples seeds and values together."""
-    rng = np.random.default_rng(seed)
-    diff = a - b
-    point = float(diff.mean())
-    s, v = diff.shape
-    boots = np.empty(reps)
-    for i in range(reps):
-        boots[i] = diff[rng.integers(0, s, s)][:, rng.integers(0, v, v)].mean()
-    lo, hi = np.percentile(boots, [2.5, 97.5])
-    return point, float(lo), float(hi)
-
-
 def summarize(finals: dict, columns: Sequence[str], n_rows: int, reps: int, majority: float = 1 / 3) -> dict:
     """Per method: accuracy per column (mean, std over seeds), mean over non-English, gap, the
     seeds that collapsed (no language above the majority class + 2 points: a constant
@@ -253,10 +236,10 @@ def summarize(finals: dict, columns: Sequence[str], n_rows: int, reps: int, majo
             b = fsc[[fseeds.index(s) for s in common_seeds]][:, idx]
             # rows resampled together across languages (they are translations of each other)
             a_rows, b_rows = a.mean(1), b.mean(1)  # [seeds, rows]: mean over non-English languages
-            res = {"non_en": bootstrap_diff(a_rows, b_rows, reps)}
+            res = {"non_en": protocol.bootstrap_diff(a_rows, b_rows, reps)}
             if "xnli-en" in columns:
                 e = columns.index("xnli-en")
-                res["gap"] = bootstrap_diff(sc[[seeds.index(s) for s in common_seeds]][:, e] - a_rows,
+                res["gap"] = protocol.bootstrap_diff(sc[[seeds.index(s) for s in common_seeds]][:, e] - a_rows,
                                             fsc[[fseeds.index(s) for s in common_seeds]][:, e] - b_rows, reps)
             per_seed = (a.mean((1, 2)) - b.mean((1, 2)))
             res["wins"] = (int((per_seed > 0).sum()), len(per_seed))
@@ -270,10 +253,6 @@ def fmt(x: np.ndarray) -> str:
     return common.fmt_mean_std([float(v) for v in np.atleast_1d(x)])
 
 
-def fmt_ci(t: tuple[float, float, float]) -> str:
-    return f"{100 * t[0]:+.1f} [{100 * t[1]:+.1f}, {100 * t[2]:+.1f}]"
-
-
 def verdict(stats: dict) -> str:
     lines = []
     for name, st in stats["methods"].items():
@@ -283,20 +262,19 @@ def verdict(stats: dict) -> str:
                          "predictions, majority-class accuracy in every language): its comparisons below mix a "
                          "training failure with transfer, and its smaller gap means nothing.")
     for pair, res in stats["pairs"].items():
-        p, lo, hi = res["non_en"]
-        if lo > 0:
-            v = "**reproduced**: the adapter scores higher on the non-English languages (interval above 0)"
-        elif hi < 0:
-            v = "**reversed**: full fine-tuning scores higher on the non-English languages (interval below 0)"
-        else:
-            v = "**not reproduced**: the interval of the difference includes 0"
+        v = {"reproduced": "**reproduced**: the adapter scores higher on the non-English languages (interval "
+                           "above 0)",
+             "reversed": "**reversed**: full fine-tuning scores higher on the non-English languages (interval "
+                         "below 0)",
+             "not reproduced": "**not reproduced**: the interval of the difference includes 0"}[
+            protocol.verdict(res["non_en"])]
         gap = res.get("gap")
         g = ""
         if gap is not None:
-            g = (f"; transfer gap (en − non-en) difference {fmt_ci(gap)} points"
+            g = (f"; transfer gap (en − non-en) difference {protocol.fmt_ci(gap)} points"
                  + (" (the adapter's gap is smaller)" if gap[2] < 0 else
                     " (the adapter's gap is larger)" if gap[1] > 0 else " (no clear difference)"))
-        lines.append(f"- {pair}: mean non-English accuracy {fmt_ci(res['non_en'])} points, {v}; better in "
+        lines.append(f"- {pair}: mean non-English accuracy {protocol.fmt_ci(res['non_en'])} points, {v}; better in "
                      f"{res['wins'][0]}/{res['wins'][1]} seeds and {res['lang_wins'][0]}/{res['lang_wins'][1]} "
                      f"languages{g}.")
     return "\n".join(lines) or "- no paired adapter / full runs yet"
@@ -473,7 +451,7 @@ def write(args, command, t0, name, multilingual, settings, records, stats, final
     pairs = common.markdown_table(
         ["comparison (paired by seed)", "mean non-en, points [95 % CI]", "transfer gap, points [95 % CI]",
          "seeds better", "languages better"],
-        [[k, fmt_ci(v["non_en"]), fmt_ci(v["gap"]) if "gap" in v else "–", f"{v['wins'][0]}/{v['wins'][1]}",
+        [[k, protocol.fmt_ci(v["non_en"]), protocol.fmt_ci(v["gap"]) if "gap" in v else "–", f"{v['wins'][0]}/{v['wins'][1]}",
           f"{v['lang_wins'][0]}/{v['lang_wins'][1]}"] for k, v in stats["pairs"].items()])
     png = plot(stats, finals, columns, out / f"{args.name}.png")
     wall = sum(r.get("wall_s", 0.0) for r in records)
