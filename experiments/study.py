@@ -92,7 +92,6 @@ class Tuner:
         self.buckets = buckets  # None: the Runner's STUDY_BUCKETS
         self._setups: dict = {}
         self._encoded: dict = {}
-        self._state_dict = None
         self._base = None
 
     # ---------------------------------------------------------------- data
@@ -136,10 +135,9 @@ class Tuner:
         import jax
         import jax.numpy as jnp
 
-        from jadapt import tree
         from jadapt.adapters.config import preset
-        from jadapt.models.hf import convert_state_dict, read_state_dict
-        from jadapt.models.pretrained import load_pretrained, param_shapes
+        from jadapt.models.build import pretrained_paths
+        from jadapt.models.pretrained import load_pretrained
         from jadapt.train.optim import trainable_labels, trainable_rules
         from jadapt.train.runner import Runner
 
@@ -154,9 +152,7 @@ class Tuner:
         runner = Runner(model, params, labels, regression=head.regression, batch_size=self.batch_size,
                         eval_batch_size=self.eval_batch_size,
                         **({"buckets": self.buckets} if self.buckets else {}))
-        if self._state_dict is None:
-            self._state_dict = read_state_dict(self.model_dir)
-        loaded = set(tree.flatten(convert_state_dict(self._state_dict, param_shapes(model))))
+        loaded = pretrained_paths(model, self.model_dir)
         ids = jnp.ones((1, 8), jnp.int32)
         init = jax.jit(lambda k: model.init({"params": k}, ids, jnp.ones_like(ids))["params"])
         self._setups[key] = {"runner": runner, "model": model, "init": init, "loaded": loaded}

@@ -56,6 +56,15 @@ def with_fresh_leaves(model: AdapterModel, params: dict, expected, rng: jax.Arra
     return tree.merge(init_params(model, rng, paths=missing), params) if missing else params
 
 
+def pretrained_paths(model: AdapterModel, model_dir) -> frozenset[str]:
+    """The param paths of ``model`` that the HF weights in ``model_dir`` fill; ``build`` draws
+    the others fresh. For callers that redraw those others per seed without rebuilding
+    (the studies' many short runs)."""
+    from jadapt.models.hf import convert_state_dict, iter_state_dict
+
+    return frozenset(tree.flatten(convert_state_dict(iter_state_dict(model_dir), param_shapes(model))))
+
+
 def overlay(params: dict, saved: dict, expected: Mapping[str, tuple], where: str = "checkpoint",
             required: Optional[Callable[[str], bool]] = None, *, source: str = "checkpoint",
             dtypes: Optional[Mapping[str, jnp.dtype]] = None) -> dict:
