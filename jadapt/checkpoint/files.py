@@ -29,7 +29,8 @@ ARRAYS_DIR = "params"
 # What ``jadapt train --out`` leaves in a run folder: its best-dev adapter checkpoint, the
 # resumable train states, the summary.
 RUN_BEST = "best"
-RUN_MARKERS = ("checkpoints", "metrics.json", "best_metrics.json", "log.jsonl")
+METRICS_FILE = "metrics.json"  # what every jadapt command leaves in its --out
+RUN_MARKERS = ("checkpoints", METRICS_FILE, "best_metrics.json", "log.jsonl")
 
 
 class CheckpointError(ValueError):
@@ -117,8 +118,8 @@ def write_metrics(out: str | os.PathLike, metrics: Mapping[str, Any]) -> Path:
         clean["non_finite"] = bad
     tmp = out / ".metrics.json.tmp"
     write_json(tmp, clean)
-    os.replace(tmp, out / "metrics.json")
-    return out / "metrics.json"
+    os.replace(tmp, out / METRICS_FILE)
+    return out / METRICS_FILE
 
 
 def existing_dir(directory: str | os.PathLike) -> Path:

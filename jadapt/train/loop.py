@@ -198,7 +198,7 @@ def _train(cfg: TrainConfig, task, model_dir: Path, enc_cfg, out: Path) -> dict:
                f"it is at step {start} already and max_steps is {cfg.max_steps}")
         run_dir.notice(f"{out}: nothing to train ({why}); reporting the run as its checkpoint records it")
     elif coordinator:
-        (out / publish.METRICS).unlink(missing_ok=True)  # a report of an earlier stop; the new one follows
+        (out / files.METRICS_FILE).unlink(missing_ok=True)  # a report of an earlier stop; the new one follows
     ahead = None
     if cfg.compile_ahead and start < stop_at:
         ahead = compile_ahead(train_step, eval_step, state, frozen, put, train, dev, cfg,

@@ -25,7 +25,6 @@ from jadapt.faults import fault_point
 
 BEST = "best"
 BEST_METRICS = "best_metrics.json"
-METRICS = "metrics.json"
 
 
 def publish_best(out: Path, step: int, params: Mapping[str, Any], metadata: Mapping[str, Any],

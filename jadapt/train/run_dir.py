@@ -24,9 +24,10 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+from jadapt.checkpoint.files import METRICS_FILE as METRICS
+
 LOCK = ".lock"
 CONFIG = "run_config.json"
-METRICS = "metrics.json"
 # Settings that change how a run is carried out or where it reads from, not what it computes:
 # a rerun may change them and still resume (max_steps: stopping early and going on is resuming).
 RUNTIME_FIELDS = frozenset({"out", "data_dir", "max_steps", "eval_batch_size", "save_every", "progress", "remat",
