@@ -108,6 +108,11 @@ def write_json(path: Path, obj: Any) -> None:
         os.fsync(f.fileno())
 
 
+def notice(message: str) -> None:
+    """One line on stderr for something the user should know but that is not an error."""
+    print(f"jadapt: {message}", file=sys.stderr, flush=True)
+
+
 def write_metrics(out: str | os.PathLike, metrics: Mapping[str, Any]) -> Path:
     """``<out>/metrics.json``, what every jadapt command leaves: atomic (written beside, fsynced,
     renamed) and strict JSON, a NaN or infinite value written as null and its key listed under
@@ -153,7 +158,7 @@ def resolve_checkpoint(directory: str | os.PathLike) -> Path:
         raise CheckpointError(f"{path} is a training run folder (it holds {found}) but has no {RUN_BEST}/: "
                               "the run has not finished an evaluation yet (rerun the same `jadapt train` "
                               "command to resume it)")
-    print(f"jadapt: {path} is a training run folder: using its best checkpoint {best}", file=sys.stderr)
+    notice(f"{path} is a training run folder: using its best checkpoint {best}")
     return best
 
 

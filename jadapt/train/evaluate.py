@@ -55,7 +55,7 @@ def evaluate_checkpoint(checkpoint: str, *, task: Optional[str] = None, data_dir
 
 def _check_transfer(checkpoint, trained, spec, allowed: bool) -> None:
     """Refuse (unless ``allowed``) a task whose labels mean something else than the head's."""
-    from jadapt.train.run_dir import notice
+    from jadapt.checkpoint.files import notice
 
     same_labels = (trained is not None and trained.track == spec.track and trained.num_labels == spec.num_labels
                    and trained.regression == spec.regression)

@@ -196,7 +196,7 @@ def _train(cfg: TrainConfig, task, model_dir: Path, enc_cfg, out: Path) -> dict:
     if start >= stop_at:
         why = ("the run's last checkpoint is its end" if start >= total_steps else
                f"it is at step {start} already and max_steps is {cfg.max_steps}")
-        run_dir.notice(f"{out}: nothing to train ({why}); reporting the run as its checkpoint records it")
+        files.notice(f"{out}: nothing to train ({why}); reporting the run as its checkpoint records it")
     elif coordinator:
         (out / files.METRICS_FILE).unlink(missing_ok=True)  # a report of an earlier stop; the new one follows
     ahead = None
@@ -303,7 +303,7 @@ def _resume(ckpt, like: dict) -> tuple[dict, dict]:
             if not older:
                 raise CheckpointError(f"{e}; no older intact checkpoint to resume from "
                                       f"(pass --restart to start over)") from None
-            run_dir.notice(f"{e}; resuming from {ckpt.directory / str(older[-1])} instead")
+            files.notice(f"{e}; resuming from {ckpt.directory / str(older[-1])} instead")
             ckpt.delete(step)
             continue
         return state, meta.get("record", {}) if isinstance(meta, dict) else {}

@@ -83,10 +83,8 @@ def reconcile_best(out: Path, step: Optional[int]) -> None:
         if found:
             _point_best_at(out, found[0].name)
         elif best.is_symlink() or not best.exists():
-            from jadapt.train.run_dir import notice
-
-            notice(f"{out}: the best adapter (step {step}) recorded by the checkpoint is missing; "
-                   f"{BEST}/ will be written at the next better dev evaluation")
+            files.notice(f"{out}: the best adapter (step {step}) recorded by the checkpoint is missing; "
+                         f"{BEST}/ will be written at the next better dev evaluation")
     remove_losers(out)
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from jadapt.checkpoint.files import METRICS_FILE as METRICS
+from jadapt.checkpoint.files import notice
 
 LOCK = ".lock"
 CONFIG = "run_config.json"
@@ -33,11 +34,6 @@ CONFIG = "run_config.json"
 RUNTIME_FIELDS = frozenset({"out", "data_dir", "max_steps", "eval_batch_size", "save_every", "progress", "remat",
                             "compile_ahead", "sharding", "restart"})
 _PATH_FIELDS = ("model", "init_adapter")
-
-
-def notice(message: str) -> None:
-    """One line on stderr for something the user should know but that is not an error."""
-    print(f"jadapt: {message}", file=sys.stderr, flush=True)
 
 
 def prepare_out(out: Path) -> Path:
