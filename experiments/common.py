@@ -323,3 +323,39 @@ class Progress:
         pct = 100.0 * self.done / max(self.total, 1)
         print(f"[{self.done}/{self.total}] {pct:.1f}% elapsed {fmt_duration(el)}, eta {fmt_duration(eta)} | {message}",
               file=self.stream, flush=True)
+
+
+def merge_logs(dest: str | os.PathLike, sources: Sequence[str | os.PathLike]) -> dict:
+    """Append to ``dest`` the records of ``sources`` whose key it lacks (runs made elsewhere,
+    e.g. a grid chunk on a GPU machine): {"added", "already", "differ": keys held by both
+    with other results (``dest``'s record is kept; a rerun on other hardware differs in
+    the last digits, so only the scores are compared)}."""
+    log = RunLog(dest)
+    held = {r["key"]: r for r in log}
+    out = {"added": 0, "already": 0, "differ": []}
+    for src in sources:
+        for rec in RunLog(src):
+            key = rec.get("key")
+            if key is None:
+                continue
+            if key in held:
+                out["already"] += 1
+                mine = {k: v for k, v in held[key].items() if k not in ("wall_s", "cpu_s", "host")}
+                theirs = {k: v for k, v in rec.items() if k not in ("wall_s", "cpu_s", "host")}
+                if json.dumps(mine, sort_keys=True, default=_json_default) != \
+                        json.dumps(theirs, sort_keys=True, default=_json_default):
+                    out["differ"].append(key)
+                continue
+            log.append(rec)
+            held[key] = rec
+            out["added"] += 1
+    return out
+
+
+def run_host() -> str:
+    """Where a run computed: the accelerator's kind, else the CPU model and its bf16 ISA (a
+    study's log may hold chunks from several machines)."""
+    import jax
+
+    d = jax.devices()[0]
+    return d.device_kind if d.platform != "cpu" else f"{_cpu_model()} ({_cpu_bf16()})"

@@ -153,14 +153,6 @@ def unpack(text: str, n: int) -> np.ndarray:
     return np.unpackbits(np.frombuffer(bytes.fromhex(text), np.uint8))[:n].astype(bool)
 
 
-def loss_curve(losses: Sequence[float], points: int = 40) -> list[float]:
-    """The per-step loss averaged over ``points`` equal windows (what the report plots)."""
-    if not losses:
-        return []
-    chunks = np.array_split(np.asarray(losses, float), min(points, len(losses)))
-    return [round(float(c.mean()), 4) for c in chunks]
-
-
 def lr_grid(m: Method, args) -> list[float]:
     return parse_list(args.full_lrs if m.kind == "full" else args.adapter_lrs, float)
 
@@ -373,7 +365,8 @@ def run(args: argparse.Namespace, command: str) -> dict:
             kept[lr] = res["trainable"]
             return dict(phase="select", method=m.name, lr=lr, seed=seeds[0], steps=res["steps"],
                         heldout_accuracy=res["final"]["accuracy"], heldout_loss=res["final"]["loss"],
-                        loss_curve=loss_curve(res["train_loss"]), final_train_loss=loss_curve(res["train_loss"], 1),
+                        loss_curve=protocol.loss_curve(res["train_loss"]),
+                        final_train_loss=protocol.loss_curve(res["train_loss"], 1),
                         wall_s=res["wall_s"], cpu_s=res["cpu_s"])
 
         sel = [study.once(spec("select", m, lr, seeds[0]), lambda lr=lr: select_one(lr=lr),
@@ -395,7 +388,7 @@ def run(args: argparse.Namespace, command: str) -> dict:
                 else:  # another seed, or the first seed's run was made by an earlier process
                     r = train_one(m, lr, seed)
                     trainable = r["trainable"]
-                    res = {**r, "curve": loss_curve(r["train_loss"])}
+                    res = {**r, "curve": protocol.loss_curve(r["train_loss"])}
                 correct, t = score(m, trainable)
                 acc = {c: float(v.mean()) for c, v in correct.items()}
                 if seed == seeds[0] and args.keep_checkpoints:

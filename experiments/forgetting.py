@@ -56,6 +56,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--level", default="sentence", choices=("sentence", "token"), help="RSA/CKA rows")
     p.add_argument("--sts-task", default="stsb", help="sentence-similarity task for the behaviour check")
     p.add_argument("--sts-size", type=int, default=None, help="pairs of its dev split (default: all)")
+    p.add_argument("--rates-from", default=None,
+                   help="an effectiveness grid's JSONL (experiments.effectiveness): tune each task:size with the "
+                        "rate each method chose there on held-out rows, the same subsets and step budget (the "
+                        "protocol); without it, --adapter-lr / --full-lr / --epochs are fixed by hand")
+    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the intervals")
     return finish_args(p.parse_args(argv), "forgetting", QUICK, FULL)
 
 
@@ -66,6 +71,28 @@ def parse_tasks(text: str) -> list[tuple[str, Optional[int]]]:
         name, _, n = item.partition(":")
         out.append((name, int(n) if n else None))
     return out
+
+
+def grid_plan(path: str, tasks: Sequence[tuple[str, Optional[int]]], methods: Sequence[Method]) -> dict:
+    """{(task, size, method): {"lr", "steps", "heldout", "dev": {seed: the grid's final dev score}}}
+    from an effectiveness grid: the rate each method chose on held-out rows, its budget."""
+    from experiments import effectiveness
+
+    recs = list(common.RunLog(path))
+    if not recs:
+        raise ValueError(f"--rates-from {path}: no runs in it")
+    rates = effectiveness.chosen_rates(recs)
+    plan = {}
+    for task, size in tasks:
+        for m in methods:
+            if size is None or (task, size, m.name) not in rates:
+                have = sorted({(t, s) for t, s, _ in rates})
+                raise ValueError(f"--rates-from {path} has no {m.name} runs for {task}:{size} (it has {have})")
+            lr = rates[(task, size, m.name)][0]
+            runs = [r for r in recs if (r["task"], r["size"], r["method"], r["lr"]) == (task, size, m.name, lr)]
+            plan[(task, size, m.name)] = {"lr": lr, "steps": runs[0]["steps"], "heldout": runs[0]["heldout_examples"],
+                                          "dev": {r["seed"]: r["evals"][-1]["dev"] for r in runs}}
+    return plan
 
 
 # ---------------------------------------------------------------- probes
@@ -133,6 +160,50 @@ def compare_to_base(tuner: Tuner, model, params, probes: Sequence[str], level: s
 
 
 # ---------------------------------------------------------------- report
+def paired(records: Sequence[dict], methods: Sequence[Method], tuner: Tuner, args) -> tuple[str, str]:
+    """(table of adapter - full by seed: top-layer RSA, mean RSA over layers 1..L, STS-B
+    Spearman after tuning; table of task dev scores beside the majority class, flagging a
+    method within 2 points of it: its small movement may only mean it learned little)."""
+    from experiments import protocol
+    from experiments.effectiveness import dev_set
+
+    by = {}
+    for r in records:
+        by.setdefault((r["task"], r["method"]), {})[r["seed"]] = r
+    rows, learned = [], []
+    for task in dict.fromkeys(r["task"] for r in records):
+        main = main_metric(task)
+        y = np.asarray(dev_set(tuner, task, args.dev_limit)["labels"])
+        base = protocol.majority_baseline(task, y)[main]
+        for m in methods:
+            rs = by.get((task, m.name), {})
+            if rs:
+                vals = [r["metrics"][main] for r in rs.values()]
+                grid = [r["grid_dev"][main] for r in rs.values() if r.get("grid_dev")]
+                ok = np.mean(vals) > base + 0.02
+                learned.append([task, m.name, f"{rs[min(rs)]['lr']:g}", common.fmt_mean_std(vals, show_n=True),
+                                common.fmt_mean_std(grid) if grid else "–", f"{100 * base:.1f}",
+                                "yes" if ok else "**no**: within 2 points of the majority class"])
+        for a in [m.name for m in methods if m.kind != "full"]:
+            ad, full = by.get((task, a), {}), by.get((task, "full"), {})
+            seeds = sorted(set(ad) & set(full))
+            if len(seeds) < 2:
+                continue
+            cells = [task, f"{a} − full", str(len(seeds))]
+            for get in (lambda r: r["rsa"][-1], lambda r: float(np.mean(r["rsa"][1:])), lambda r: r["sts"][-1]):
+                x, z = [get(ad[s]) for s in seeds], [get(full[s]) for s in seeds]
+                ci = protocol.bootstrap_seed_diff(x, z, args.bootstrap)
+                cells.append(f"{ci[0]:+.3f} [{ci[1]:+.3f}, {ci[2]:+.3f}] {protocol.verdict(ci)}, "
+                             f"{protocol.sign_count(x, z)} seeds")
+            rows.append(cells)
+    pairs = common.markdown_table(["task", "pair", "seeds", "top-layer RSA", "mean RSA layers 1..L",
+                                   "STS-B Spearman after tuning"], rows) if rows else "no paired seeds yet"
+    learned_t = common.markdown_table(["task", "method", "lr", "task dev score x100", "grid dev", "majority class",
+                                       "learned"], learned)
+    return pairs, learned_t
+
+
+
 def summarize(records: Sequence[dict], base: dict, tasks: Sequence[str], methods: Sequence[Method]) -> dict:
     """Markdown tables: RSA per layer, CKA per layer, STS-B behaviour + task dev score."""
     groups: dict = {}
@@ -200,12 +271,23 @@ def run(args: argparse.Namespace, command: str) -> dict:
     out = Path(args.out)
     probes = probe_sentences(args.probe_task, args.probe_split, args.probe_size, tuner.data_dir)
     pairs = sts_pairs(args.sts_task, args.sts_size, tuner.data_dir)
-    settings = settings_of(args, tuner, epochs=args.epochs, probe=f"{args.probe_task}/{args.probe_split}",
+    settings = settings_of(args, tuner, probe=f"{args.probe_task}/{args.probe_split}",
                            probe_size=len(probes), level=args.level, sts=args.sts_task, sts_size=len(pairs[2]))
+    plan = grid_plan(args.rates_from, tasks, methods) if args.rates_from else None
+
+    def lr_of(task, n, m):
+        return plan[(task, n, m.name)]["lr"] if plan else m.lr
+
+    def budget_of(task, n):
+        if not plan:
+            return {"epochs": args.epochs}
+        p = next(v for (t, s, _), v in plan.items() if (t, s) == (task, n))
+        return {"steps": p["steps"], "heldout": p["heldout"]}
+
     grid = [(task, n, m, seed) for task, n in tasks for m in methods for seed in seeds]
     specs = [dict(study="forgetting", what="base", **settings)]
     specs += [dict(study="forgetting", task=t, train_size=n, method=m.name, kind=m.kind, bottleneck=m.bottleneck,
-                   lr=m.lr, seed=seed, **settings) for t, n, m, seed in grid]
+                   lr=lr_of(t, n, m), seed=seed, **budget_of(t, n), **settings) for t, n, m, seed in grid]
     study = Study(out / f"{args.name}.jsonl", specs, report_only=args.report_only)
     if args.dry_run:  # comparison forwards: probes + both STS sides, through the tuned and the original model
         probe_enc = {"input_ids": np.zeros((len(probes), tuner.max_length), np.int32),
@@ -225,13 +307,23 @@ def run(args: argparse.Namespace, command: str) -> dict:
     records = []
     for (task, n, m, seed), spec in zip(grid, specs[1:]):
         def one(task=task, n=n, m=m, seed=seed):
-            train, dev = tuner.task_data(task, train_size=n, seed=seed, dev_limit=args.dev_limit)
-            res = tuner.run(m, task, train, dev, seed=seed, epochs=args.epochs, return_params=True)
+            budget = budget_of(task, n)
+            if plan:  # the grid's subset (outside its held-out rows) and step budget
+                from experiments.effectiveness import cell_data
+
+                train, _, dev = cell_data(tuner, task, n, seed, budget["heldout"], args.dev_limit)
+                epochs = budget["steps"] / -(-n // args.batch_size)
+            else:
+                train, dev = tuner.task_data(task, train_size=n, seed=seed, dev_limit=args.dev_limit)
+                epochs = args.epochs
+            res = tuner.run(m, task, train, dev, seed=seed, epochs=epochs, lr=lr_of(task, n, m), return_params=True)
             model, params = tuner.tuned(m, task, res["trainable"])
             with common.Timer() as t:
                 sim = compare_to_base(tuner, model, params, probes, args.level)
                 sts = sts_spearman(model, params, tuner.tokenizer, pairs, tuner.max_length)
-            return dict(task=task, method=m.name, seed=seed, metrics=res["final"], steps=res["steps"],
+            grid_dev = plan[(task, n, m.name)]["dev"].get(seed) if plan else None
+            return dict(task=task, method=m.name, seed=seed, lr=lr_of(task, n, m), metrics=res["final"],
+                        steps=res["steps"], grid_dev=grid_dev,
                         train_examples=int(len(train["labels"])), dev_examples=int(len(dev["labels"])),
                         **sim, sts=sts, wall_s=round(res["wall_s"] + t.wall, 2), cpu_s=round(res["cpu_s"] + t.cpu, 2))
         records.append(study.once(spec, one, what=f"{task} {m.name} seed {seed}",
@@ -242,6 +334,7 @@ def run(args: argparse.Namespace, command: str) -> dict:
     if base is None:
         raise SystemExit("--report-only: the original encoder's run is not in the log yet")
     summary = summarize(records, base, [t for t, _ in tasks], methods)
+    pairs, learned = paired(records, methods, tuner, args)
     png = plot(summary, base, out / f"{args.name}.png")
     dev_what = f"first {args.dev_limit} rows of the dev split" if args.dev_limit else "full dev split"
     n_train = sorted({(r["task"], r["train_examples"]) for r in records})
@@ -257,8 +350,19 @@ def run(args: argparse.Namespace, command: str) -> dict:
         f"## Behaviour: the original skill (sentence similarity) before vs after tuning\n\n"
         f"Spearman x100 between the cosine of mean-pooled last-layer embeddings and {args.sts_task} dev gold "
         f"scores ({len(pairs[2])} pairs, no training on them); task dev scores on the {dev_what}.\n\n" + sts,
-        "Train rows per task: " + ", ".join(f"{t} {n}" for t, n in n_train) + f"; {args.epochs:g} epochs; "
-        "learning rates: " + ", ".join(f"{m.name} {m.lr:g}" for m in methods) + ".",
+        "## Paired differences (adapter − full fine-tuning, by seed)\n\n" + pairs + "\n\n"
+        "Claim A1 (adapters move the representations less) is reproduced where the interval of the top-layer "
+        "RSA difference is above 0; A2 (they forget less of the original skill) where the STS-B difference is. "
+        "Intervals: bootstrap over seeds (coarse with 3); the seed counts beside them are the plainer summary.",
+        "## Did both methods learn their task?\n\n" + learned,
+        "## Protocol\n\n" + (
+            f"Rates, subsets and step budgets from the effectiveness grid `{args.rates_from}`: each method at the "
+            "rate it chose there on held-out training rows, each seed on that seed's subset, the same number of "
+            "steps; `grid dev` beside each run is the grid's own score for the same run (equal when rerun on the "
+            "same machine)." if plan else
+            "Rates fixed by hand (no held-out choice): " + ", ".join(f"{m.name} {m.lr:g}" for m in methods)
+            + f"; {args.epochs:g} epochs.") + " Train rows per task: " + ", ".join(f"{t} {n}" for t, n in n_train)
+        + ".",
         cost_line(records),
     ]
     if png:

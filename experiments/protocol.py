@@ -85,3 +85,81 @@ def choose_rate(heldout_scores: Mapping[float, list[float]]) -> tuple[float, Opt
     if len(rates) > 1 and best in (rates[0], rates[-1]):
         edge = f"rate {best:g} is at the {'top' if best == rates[-1] else 'bottom'} of the grid {rates}"
     return best, edge
+
+
+# ------------------------------------------------------------------ per-row predictions
+def pack_predictions(preds: np.ndarray, regression: bool) -> str:
+    """A run's per-row dev predictions as text for its JSONL line (class ids as bytes,
+    regression outputs as float16): what the row bootstrap of a metric needs, small enough
+    to keep for every run."""
+    p = np.asarray(preds)
+    return (p.astype(np.float16) if regression else p.astype(np.uint8)).tobytes().hex()
+
+
+def unpack_predictions(text: str, regression: bool) -> np.ndarray:
+    raw = bytes.fromhex(text)
+    return np.frombuffer(raw, np.float16).astype(np.float64) if regression else np.frombuffer(raw, np.uint8).astype(int)
+
+
+def bootstrap_seeds_rows(stat, n_seeds: int, n_rows: int, reps: int = 2000,
+                        seed: int = 0) -> tuple[float, float, float]:
+    """(mean over seeds of ``stat(i, rows)``, 2.5 %, 97.5 %): each resample draws seeds and
+    evaluation rows with replacement; ``stat(seed index, row indices)`` recomputes a seed's
+    number (a metric difference, a spread difference) on the drawn rows."""
+    allrows = np.arange(n_rows)
+    point = float(np.mean([stat(i, allrows) for i in range(n_seeds)]))
+    rng = np.random.default_rng(seed)
+    boots = np.empty(reps)
+    for k in range(reps):
+        seeds, rows = rng.integers(0, n_seeds, n_seeds), rng.integers(0, n_rows, n_rows)
+        per = {i: stat(i, rows) for i in set(seeds.tolist())}
+        boots[k] = np.mean([per[i] for i in seeds])
+    lo, hi = np.percentile(boots, [2.5, 97.5])
+    return point, float(lo), float(hi)
+
+
+def bootstrap_metric_diff(a: np.ndarray, b: np.ndarray, labels: np.ndarray, metric, reps: int = 2000,
+                          seed: int = 0) -> tuple[float, float, float]:
+    """(mean over seeds of metric(A) - metric(B), 2.5 %, 97.5 %) for metrics that are not a
+    mean over rows (F1, Matthews, Pearson): ``a``, ``b`` are per-row predictions ``[seeds,
+    rows]`` paired by seed (same subset, same init) and row; the metric is recomputed on
+    every resample's rows."""
+    a, b, y = np.asarray(a), np.asarray(b), np.asarray(labels)
+    if a.shape != b.shape or a.ndim != 2 or a.shape[1] != len(y):
+        raise ValueError(f"paired predictions must be [seeds, rows] of one shape with one label per row, got "
+                         f"{a.shape}, {b.shape} and {y.shape}")
+    return bootstrap_seeds_rows(lambda i, r: metric(a[i, r], y[r]) - metric(b[i, r], y[r]), a.shape[0], a.shape[1],
+                                reps, seed)
+
+
+def bootstrap_seed_diff(a: np.ndarray, b: np.ndarray, reps: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """(mean of A - B, 2.5 %, 97.5 %) for one number per seed (a drop, a spread): seeds
+    resampled. With 3 seeds the interval is coarse; the sign count beside it is the plainer
+    summary."""
+    a, b = np.asarray(a, float).reshape(-1, 1), np.asarray(b, float).reshape(-1, 1)
+    return bootstrap_diff(a, b, reps, seed)
+
+
+def sign_count(a: np.ndarray, b: np.ndarray) -> str:
+    """"A > B in k of n seeds"."""
+    d = np.asarray(a, float) - np.asarray(b, float)
+    return f"{int((d > 0).sum())}/{len(d)}"
+
+
+def loss_curve(losses, points: int = 40) -> list[float]:
+    """The per-step training loss averaged over ``points`` equal windows (what reports plot to
+    show whether a budget was long enough)."""
+    if not len(losses):
+        return []
+    chunks = np.array_split(np.asarray(losses, float), min(points, len(losses)))
+    return [round(float(c.mean()), 4) for c in chunks]
+
+
+def flattened(curve, tail: float = 0.2, tol: float = 0.05) -> bool:
+    """Whether a loss curve has flattened: the mean of its last ``tail`` share is within ``tol``
+    (relative, of the curve's first value) of the mean of the ``tail`` share before it."""
+    c = np.asarray(curve, float)
+    k = max(1, int(round(tail * len(c))))
+    if len(c) < 2 * k or not c[0]:
+        return False
+    return abs(c[-2 * k:-k].mean() - c[-k:].mean()) <= tol * abs(c[0])

@@ -10,6 +10,7 @@ import dataclasses
 import math
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -62,6 +63,18 @@ def parse_list(text: str, cast=str) -> list:
     return [cast(s.strip()) for s in str(text).split(",") if s.strip()]
 
 
+def model_identity(folder, given: Optional[str]) -> str:
+    """The encoder's name in run keys and reports: a pack's ``study_identity``
+    (``experiments.device_pack``: the same encoder wherever the pack lies, here or on a GPU
+    machine), else what was given (the packaged model when nothing was)."""
+    from jadapt.folders import read_folder_json
+
+    source = read_folder_json(Path(str(folder)), "jadapt_source.json") or {}
+    if source.get("study_identity"):
+        return str(source["study_identity"])
+    return str(given) if given else "all-MiniLM-L6-v2 (packaged)"
+
+
 class Tuner:
     """Trains ``Method``s on tasks with few compilations.
 
@@ -82,7 +95,7 @@ class Tuner:
         from jadapt.models.hf import resolve_model_path
 
         self.model_dir = resolve_model_path(model)
-        self.model_name = str(model) if model else "all-MiniLM-L6-v2 (packaged)"
+        self.model_name = model_identity(self.model_dir, model)
         self.config = EncoderConfig.from_pretrained(self.model_dir)
         if max_length > self.config.max_length:
             raise ValueError(f"max_length {max_length} exceeds the model's maximum {self.config.max_length}")
@@ -172,14 +185,15 @@ class Tuner:
         return tree.unflatten({p: (fresh[p] if p in new else x) for p, x in base.items()})
 
     def run(self, method: Method, task, train: dict, dev: dict, *, seed: int, epochs: float,
-            lr: Optional[float] = None, eval_each_epoch: bool = False, return_params: bool = False) -> dict:
+            lr: Optional[float] = None, eval_each_epoch: bool = False, return_params: bool = False,
+            epoch_hook=None) -> dict:
         """One training run (``Runner.run``) from the seed's initial values; adds "wall_s" and
         "cpu_s" (process CPU seconds, all threads: on a shared machine the better cost measure)."""
         s = self.setup(method, task)
         with common.Timer() as t:
             out = s["runner"].run(task, train, dev, seed=seed, epochs=epochs, lr=method.lr if lr is None else lr,
                                   trainable=self.start(method, task, seed), eval_each_epoch=eval_each_epoch,
-                                  return_params=return_params)
+                                  return_params=return_params, epoch_hook=epoch_hook)
         out["wall_s"], out["cpu_s"] = round(t.wall, 2), round(t.cpu, 2)
         return out
 
@@ -211,8 +225,14 @@ class Study:
     >>> rec = study.once(spec, lambda: {...result...}, what="rte n=1000 adapter64 seed 0")
     """
 
-    def __init__(self, path: str | os.PathLike, specs: Sequence[dict], *, report_only: bool = False):
+    def __init__(self, path: str | os.PathLike, specs: Sequence[dict], *, report_only: bool = False,
+                 max_minutes: Optional[float] = None):
         self.report_only = report_only  # then ``once`` runs nothing: None for a run not in the log
+        # a chunk of the grid (a rented GPU's ten-minute call): no run starts that would end
+        # after the deadline, judged by the longest run this process made so far
+        self.deadline = None if max_minutes is None else time.time() + 60 * max_minutes
+        self.longest = 0.0
+        self.stopped = 0  # runs left for a later chunk
         self.log = common.RunLog(path)
         self.by_key = {r["key"]: r for r in self.log}
         keys = [common.run_key(s) for s in specs]
@@ -236,7 +256,13 @@ class Study:
         if self.report_only:
             print(f"[missing] {what}: not in the log, left out of the report", flush=True)
             return None
+        if self.deadline is not None and time.time() + self.longest > self.deadline:
+            self.stopped += 1
+            print(f"[later] {what}: the time limit would pass before it ends; left for the next chunk", flush=True)
+            return None
+        t0 = time.time()
         rec = {"key": key, "spec": spec, **fn()}
+        self.longest = max(self.longest, time.time() - t0)
         self.log.append(rec)
         self.by_key[key] = rec
         self.progress.step(f"{what}: {show(rec) if show else ''}")
@@ -374,6 +400,10 @@ def add_common_args(p: argparse.ArgumentParser, *, name: str, full: dict,
                    help="count the work still to do (runs, steps by width) and estimate CPU time; train nothing")
     p.add_argument("--report-only", action="store_true",
                    help="write the report from the runs already in the JSONL (cells show their n); train nothing")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="run a chunk: start no run that would end after this many minutes (judged by the longest "
+                        "run so far), then write the report; rerun to go on (a GPU call's limit; merge logs made "
+                        "elsewhere with python -m experiments.merge_logs)")
     return p
 
 

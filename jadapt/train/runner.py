@@ -13,7 +13,7 @@ and the frozen params (e.g. another adapter pool for fusion) are arguments.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -51,12 +51,14 @@ class Runner:
 
     def run(self, task, train: dict, dev: dict, *, seed: int, epochs: float, lr: float, warmup_ratio: float = 0.1,
             trainable: Optional[dict] = None, frozen: Optional[dict] = None, eval_each_epoch: bool = False,
-            return_params: bool = False) -> dict:
+            return_params: bool = False, epoch_hook: Optional[Callable[[int, int, dict], dict]] = None) -> dict:
         """Train from ``trainable`` (default: the initial adapter + head) and evaluate on ``dev``.
 
         Returns {"final": metrics after the last step, "history": per-epoch metrics when
         ``eval_each_epoch``, "best": the best of those, "steps", "train_loss": the loss of every
-        step} (+ "trainable" on request).
+        step} (+ "trainable" on request). ``epoch_hook(epoch, step, trainable)``, called at the
+        end of every epoch (the last included), returns a dict recorded in "epoch_log": how a
+        study scores more than one set per epoch (held-out and dev) without a second loop.
         """
         from jadapt import data
 
@@ -66,12 +68,14 @@ class Runner:
         total = max(1, math.ceil(epochs * steps_per_epoch))
         tx = make_optimizer(self.labels, lr, total_steps=total, warmup_steps=int(warmup_ratio * total), **self._opt)
         state = init_state(jax.tree_util.tree_map(jnp.array, start), tx, seed)  # copy: the step donates
-        history, losses = [], []
+        history, losses, epoch_log = [], [], []
 
         def on_step(step, epoch, state, metrics):
             losses.append(metrics["loss"])  # device scalars: read once at the end, no sync per step
 
         def on_epoch_end(step, epoch, state):
+            if epoch_hook is not None:
+                epoch_log.append({"epoch": epoch + 1, "step": step, **epoch_hook(epoch + 1, step, state["trainable"])})
             if eval_each_epoch and step < total:  # the last epoch is scored below, as "final"
                 history.append({**self.evaluate(task, dev, state["trainable"], frozen), "epoch": epoch + 1})
 
@@ -81,7 +85,7 @@ class Runner:
         final = {**self.evaluate(task, dev, state["trainable"], frozen), "epoch": round(step / steps_per_epoch, 4)}
         history.append(final) if eval_each_epoch else None
         main = data.get_task(task).metrics[0]
-        out = {"final": final, "history": history, "steps": step, "train_loss": [float(x) for x in losses],
+        out = {"final": final, "history": history, "epoch_log": epoch_log, "steps": step, "train_loss": [float(x) for x in losses],
                "best": max(history, key=lambda m: m[main]) if history else final}
         if return_params:
             out["trainable"] = jax.device_get(state["trainable"])

@@ -1,5 +1,5 @@
-"""Adapter-effectiveness study scripts (forgetting, low-resource, lr robustness, overfitting,
-cross-lingual): helper properties, then each --quick mode end to end on a tiny random BERT
+"""Adapter-effectiveness study scripts (the effectiveness grid: low resource, learning rate,
+overfitting; forgetting; cross-lingual): helper properties, then each --quick mode end to end on a tiny random BERT
 with synthetic tasks (results files, resume from the JSONL, the properties each study's
 numbers must have). The --quick runs are the CI smoke test of each study (~2 min in all on 2
 cores), so they are not marked slow."""
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from experiments import cross_lingual, forgetting, low_resource, lr_robustness, overfitting, study
+from experiments import common, cross_lingual, effectiveness, forgetting, merge_logs, study
 from experiments.study import Method, Study, Tuner, parse_methods
 from tests.conftest import write_synthetic_task
 
@@ -51,14 +51,56 @@ def test_study_runs_each_spec_once_and_resumes(tmp_path, capsys):
     assert "done earlier" in capsys.readouterr().out
 
 
-def test_overfitting_drop_and_lr_spread():
-    s = overfitting.drop_stats([0.5, 0.8, 0.6, 0.7])
+def test_drop_stats():
+    s = effectiveness.drop_stats([0.5, 0.8, 0.6, 0.7])
     assert s == {"best_epoch": 2, "best": 0.8, "last": 0.7, "drop": pytest.approx(0.1)}
-    assert overfitting.drop_stats([0.1, 0.2, 0.3])["drop"] == 0.0
-    sp = lr_robustness.spread([0.5, 0.9, 0.7])
-    assert sp["range"] == pytest.approx(0.4) and sp["std"] == pytest.approx(0.2) and sp["mean"] == pytest.approx(0.7)
-    assert lr_robustness.spread([0.6])["std"] == 0.0
-    assert sp["near_best"] == 1 and lr_robustness.spread([0.80, 0.79, 0.5, 0.785])["near_best"] == 3
+    assert effectiveness.drop_stats([0.1, 0.2, 0.3])["drop"] == 0.0
+
+
+def test_spread_diff_sees_a_method_that_collapses_at_some_rates():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 300)
+    good = lambda acc: np.where(rng.random(300) < acc, y, 1 - y)  # noqa: E731
+    # full: right at two rates, constant at the third; adapter: about as good at all three
+    pf = np.stack([np.stack([good(0.85), good(0.85), np.zeros(300, int)]) for _ in range(3)])
+    pa = np.stack([np.stack([good(0.82), good(0.84), good(0.83)]) for _ in range(3)])
+    fn = lambda p, t: float(np.mean(p == t))  # noqa: E731
+    point, lo, hi = effectiveness.spread_diff(pf, pa, y, fn, 300)
+    assert lo > 0.1 and point > 0.15
+    point, lo, hi = effectiveness.spread_diff(pa, pa, y, fn, 100)
+    assert point == 0.0 and lo == hi == 0.0
+
+
+def test_study_max_minutes_leaves_runs_for_the_next_chunk(tmp_path, capsys):
+    import time
+
+    specs = [{"i": i} for i in range(4)]
+    study = Study(tmp_path / "r.jsonl", specs, max_minutes=0.3 / 60)  # 0.3 s
+    done = [study.once(sp, lambda: (time.sleep(0.2), {"v": 1})[1], what=str(sp)) for sp in specs]
+    assert done[0] is not None and done[-1] is None and study.stopped >= 1
+    assert "[later]" in capsys.readouterr().out
+    again = Study(tmp_path / "r.jsonl", specs)  # the next chunk runs only what is left
+    ran = [sp for sp in specs if not again.is_done(sp)]
+    assert len(ran) == study.stopped
+
+
+def test_merge_logs_adds_new_keys_once_and_reports_conflicts(tmp_path, capsys):
+    dest, src = tmp_path / "dest.jsonl", tmp_path / "chunk.jsonl"
+    log = common.RunLog(dest)
+    log.append({"key": "a", "score": 0.5, "wall_s": 10})
+    other = common.RunLog(src)
+    other.append({"key": "a", "score": 0.5, "wall_s": 2})  # the same run, made faster elsewhere
+    other.append({"key": "b", "score": 0.7})
+    out = merge_logs.main([str(dest), str(src)])
+    assert out["added"] == 1 and out["already"] == 1 and out["differ"] == []
+    assert [r["key"] for r in common.RunLog(dest)] == ["a", "b"]
+    assert merge_logs.main([str(dest), str(src)])["added"] == 0  # merging twice adds nothing
+    common.RunLog(src).append({"key": "a", "score": 0.9})
+    assert merge_logs.main([str(dest), str(src)])["differ"] == ["a"]
+    assert common.RunLog(dest).records[0]["score"] == 0.5  # the destination's record is kept
+    with pytest.raises(SystemExit):
+        merge_logs.main([str(dest), str(tmp_path / "missing.jsonl")])
+    assert "no such run log" in capsys.readouterr().err
 
 
 def test_cost_counts_steps_by_width_and_prices_them():
@@ -171,71 +213,67 @@ def test_cross_lingual_packing_and_loss_curve():
     rng = np.random.default_rng(0)
     bits = rng.random(37) < 0.5
     assert np.array_equal(cross_lingual.unpack(cross_lingual.pack(bits), 37), bits)
-    assert cross_lingual.loss_curve([4.0, 2.0, 1.0, 1.0], points=2) == [3.0, 1.0]
 
 
 def test_dry_run_counts_the_grid_and_trains_nothing(tiny_model_dir, tasks_dir, tmp_path):
     argv = common_args(tiny_model_dir, tasks_dir, tmp_path) + [
-        "--tasks", "rte", "--sizes", "48,full,1000", "--seeds", "0,1", "--methods", "adapter4,full", "--dry-run"]
-    cost = low_resource.main(argv)["cost"]
-    assert cost.runs == 2 * 2 * 2  # size 1000 > 96 train rows is skipped
-    assert sum(cost.train.values()) == 2 * 2 * (3 + 6)  # 48 and 96 rows in batches of 16, 1 epoch
-    assert sum(cost.forward.values()) == 8 * 3  # 40 dev rows in batches of 16, once per run
-    assert not (tmp_path / "low_resource_quick.jsonl").exists() and not (tmp_path / "low_resource_quick.md").exists()
+        "--tasks", "rte", "--sizes", "48,1000", "--seeds", "0,1", "--methods", "adapter4,full", "--lrs", "1e-4,1e-3",
+        "--heldout", "16", "--epochs", "2", "--dry-run"]
+    cost = effectiveness.main(argv)["cost"]
+    assert cost.runs == 2 * 2 * 2  # size 1000 > 96 - 16 train rows is skipped
+    assert sum(cost.train.values()) == 8 * 2 * 3  # 48 rows in batches of 16, 2 epochs
+    assert sum(cost.forward.values()) == 8 * 2 * (1 + 3)  # held-out 16 + dev 40 rows, each epoch
+    assert not (tmp_path / "effectiveness_quick.jsonl").exists() and not (tmp_path / "effectiveness_quick.md").exists()
 
 
-# ---------------------------------------------------------------- --quick end to end (slow)
-def test_low_resource_quick_end_to_end_and_resume(tiny_model_dir, tasks_dir, tmp_path):
+# ---------------------------------------------------------------- --quick end to end
+def test_effectiveness_quick_end_to_end_chunks_and_resume(tiny_model_dir, tasks_dir, tmp_path):
+    from jadapt import data
+
     argv = common_args(tiny_model_dir, tasks_dir, tmp_path) + [
-        "--tasks", "rte,stsb", "--sizes", "48,full", "--seeds", "0,1", "--methods", "adapter4,full"]
-    out = low_resource.main(argv)
-    log = tmp_path / "low_resource_quick.jsonl"
+        "--tasks", "rte,stsb", "--sizes", "48", "--seeds", "0,1", "--methods", "adapter4,full", "--lrs", "1e-4,3e-2",
+        "--heldout", "16", "--epochs", "2", "--bootstrap", "50"]
+    log = tmp_path / "effectiveness_quick.jsonl"
+    first = effectiveness.main(argv + ["--max-minutes", "0.0001"])  # a chunk: one run, then the time is up
+    assert len(first["records"]) == 1 and first["left"] == 2 * 2 * 2 * 2 - 1 and len(jsonl(log)) == 1
+    out = effectiveness.main(argv)  # the next chunk finishes the grid
     recs = jsonl(log)
-    assert len(recs) == 2 * 2 * 2 * 2  # task x size x method x seed
-    assert {r["train_examples"] for r in recs if r["size"] == 48} == {48}
-    assert {r["train_examples"] for r in recs if r["size"] == "full"} == {96}
-    assert {r["dev_examples"] for r in recs} == {40}
-    assert all(len(v) == 2 for v in out["stats"].values()) and len(out["stats"]) == 8  # 2 seeds per cell
-    assert {r["steps"] for r in recs if r["size"] == 48} == {3}  # 48 rows / batch 16, 1 epoch
-    md = (tmp_path / "low_resource_quick.md").read_text()
-    assert "| rte | accuracy | 48 |" in md and "| stsb | pearson | full (96) |" in md and "command:" in md
-    assert (tmp_path / "low_resource_quick.png").stat().st_size > 1000
-    again = low_resource.main(argv)  # resumed: nothing reruns, same summary
-    assert len(jsonl(log)) == len(recs) and again["stats"] == out["stats"]
-    # --report-only with a wider grid: trains nothing, reports what the log has
-    wider = [x if x != "0,1" else "0,1,2" for x in argv] + ["--report-only"]
-    partial = low_resource.main(wider)
-    assert len(jsonl(log)) == len(recs) and partial["stats"] == out["stats"]
-
-
-def test_lr_robustness_quick_spread(tiny_model_dir, tasks_dir, tmp_path):
-    argv = common_args(tiny_model_dir, tasks_dir, tmp_path) + [
-        "--tasks", "rte", "--lrs", "1e-5,3e-2", "--methods", "adapter4,full", "--train-size", "64", "--epochs", "2"]
-    out = lr_robustness.main(argv)
-    recs = jsonl(tmp_path / "lr_robustness_quick.jsonl")
-    assert len(recs) == 2 * 2 and {r["lr"] for r in recs} == {1e-5, 3e-2}
-    for m in ("adapter4", "full"):
-        by = {r["lr"]: r["metrics"] for r in recs if r["method"] == m}
-        assert by[1e-5]["loss"] != by[3e-2]["loss"]  # the rate reaches the optimizer
-    md = (tmp_path / "lr_robustness_quick.md").read_text()
-    assert "| rte | accuracy | adapter4 |" in md and "lr 0.03" in md
-    assert (tmp_path / "lr_robustness_quick.png").is_file() and (tmp_path / "lr_robustness_quick_curves.png").is_file()
-    assert set(out["scores"]) == {("rte", "adapter4"), ("rte", "full")}
-
-
-def test_overfitting_quick_histories(tiny_model_dir, tasks_dir, tmp_path):
-    argv = common_args(tiny_model_dir, tasks_dir, tmp_path) + [
-        "--tasks", "rte,mrpc", "--methods", "adapter4,full", "--train-size", "0", "--epochs", "3"]
-    overfitting.main(argv)
-    recs = jsonl(tmp_path / "overfitting_quick.jsonl")
-    assert len(recs) == 4
+    assert len(recs) == 16 and out["left"] == 0
+    held_rows = set()
     for r in recs:
-        assert [h["epoch"] for h in r["history"]] == [1, 2, 3.0]
-        assert r["history"][-1] == r["metrics"] and r["train_examples"] == 96
-        s = overfitting.drop_stats(overfitting.curve(r, "accuracy"))
-        assert s["drop"] >= 0 and 1 <= s["best_epoch"] <= 3
-    assert "drop best → last" in (tmp_path / "overfitting_quick.md").read_text()
-    assert (tmp_path / "overfitting_quick.png").is_file()
+        assert r["steps"] == 6 and [e["epoch"] for e in r["evals"]] == [1, 2]  # 48 rows / 16, 2 epochs
+        assert r["train_examples"] == 48 and r["heldout_examples"] == 16 and r["dev_examples"] == 40
+        assert len(r["curve"]) == 6 and all(np.isfinite(r["curve"]))
+        preds = effectiveness.preds_of(r)
+        assert len(preds) == 40
+        main = effectiveness.main_metric(r["task"])
+        y = effectiveness.dev_labels(effectiveness.make_tuner(effectiveness.parse_args(argv)), r["task"], None)
+        assert effectiveness.metric_fn(r["task"])(preds, y) == pytest.approx(r["evals"][-1]["dev"][main], abs=2e-3)
+    by = {(r["method"], r["lr"], r["seed"]): r for r in recs if r["task"] == "rte"}
+    assert by[("full", 1e-4, 0)]["curve"] != by[("full", 3e-2, 0)]["curve"]  # the rate reaches the optimizer
+    # the held-out rows are one draw outside every seed's subset
+    tuner = effectiveness.make_tuner(effectiveness.parse_args(argv))
+    for seed in (0, 1):
+        train, held, dev = effectiveness.cell_data(tuner, "rte", 48, seed, 16, None)
+        assert not set(train["row"].tolist()) & set(held["row"].tolist())
+        held_rows.add(tuple(held["row"].tolist()))
+    assert len(held_rows) == 1
+    md = (tmp_path / "effectiveness_quick.md").read_text()
+    for want in ("## Protocol", "## Learning-rate choice", "## A3 low resource", "## A4 learning-rate robustness",
+                 "## A5 overfitting", "## Convergence", "| rte | accuracy | 48 |", "| stsb | pearson | 48 | 0.0",
+                 "adapter4 − full:", "full − adapter4:", "command:"):
+        assert want in md, want
+    assert (tmp_path / "effectiveness_quick.png").stat().st_size > 1000
+    # chosen rates follow the held-out scores, never the dev scores
+    rates = effectiveness.chosen_rates(recs)
+    for (task, size, method), (lr, _, means) in rates.items():
+        main = effectiveness.main_metric(task)
+        held = {x: np.mean([r["evals"][-1]["heldout"][main] for r in recs if (r["task"], r["method"], r["lr"]) ==
+                            (task, method, x)]) for x in (1e-4, 3e-2)}
+        assert lr == max(held, key=lambda x: (held[x], -x))
+    again = effectiveness.main(argv)  # resumed: nothing reruns
+    assert len(jsonl(log)) == 16 and len(again["records"]) == 16
+    assert data.num_rows(dev) == 40
 
 
 def test_forgetting_quick_rsa_properties(tiny_model_dir, tasks_dir, tmp_path):
@@ -257,6 +295,30 @@ def test_forgetting_quick_rsa_properties(tiny_model_dir, tasks_dir, tmp_path):
     md = (tmp_path / "forgetting_quick.md").read_text()
     assert "| original encoder |" in md and "| rte | adapter4 |" in md
     assert out["png"] is not None and out["png"].is_file()
+
+
+def test_forgetting_takes_rates_subsets_and_budget_from_the_grid(tiny_model_dir, tasks_dir, tmp_path):
+    base = common_args(tiny_model_dir, tasks_dir, tmp_path)
+    effectiveness.main(base + ["--tasks", "rte", "--sizes", "48", "--seeds", "0,1", "--methods", "adapter4,full",
+                               "--lrs", "1e-4,3e-2", "--heldout", "16", "--epochs", "2", "--bootstrap", "20"])
+    grid = jsonl(tmp_path / "effectiveness_quick.jsonl")
+    chosen = effectiveness.chosen_rates(grid)
+    out = forgetting.main(base + ["--tasks", "rte:48", "--seeds", "0,1", "--methods", "adapter4,full",
+                                  "--rates-from", str(tmp_path / "effectiveness_quick.jsonl"), "--probe-task", "mrpc",
+                                  "--probe-size", "30", "--sts-size", "40", "--bootstrap", "20"])
+    for r in out["records"]:
+        lr = chosen[("rte", 48, r["method"])][0]
+        assert r["lr"] == lr and r["steps"] == 6
+        twin = next(g for g in grid if (g["method"], g["lr"], g["seed"]) == (r["method"], lr, r["seed"]))
+        # the same run as the grid's: same subset, rate, budget (deterministic on CPU)
+        assert r["metrics"]["accuracy"] == pytest.approx(twin["evals"][-1]["dev"]["accuracy"], abs=1e-6)
+    md = (tmp_path / "forgetting_quick.md").read_text()
+    for want in ("## Paired differences", "| rte | adapter4 − full | 2 |", "## Did both methods learn",
+                 "majority class", "effectiveness grid"):
+        assert want in md, want
+    with pytest.raises(ValueError, match="no adapter4 runs for rte:32"):
+        forgetting.main(base + ["--tasks", "rte:32", "--methods", "adapter4,full",
+                                "--rates-from", str(tmp_path / "effectiveness_quick.jsonl")])
 
 
 def test_cross_lingual_quick_pipeline(tiny_model_dir, tasks_dir, tmp_path):

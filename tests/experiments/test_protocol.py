@@ -54,3 +54,36 @@ def test_heldout_split_is_one_fixed_disjoint_draw():
     assert not set(held["input_ids"][:, 0]) & set(train["input_ids"][:, 0])
     with pytest.raises(ValueError, match="0 < n < 50"):
         protocol.heldout_split(pool, 50)
+
+
+def test_predictions_pack_round_trip():
+    labels = np.array([0, 2, 1, 1, 0])
+    assert np.array_equal(protocol.unpack_predictions(protocol.pack_predictions(labels, False), False), labels)
+    scores = np.array([0.0, 1.25, 4.999, 2.5])
+    back = protocol.unpack_predictions(protocol.pack_predictions(scores, True), True)
+    assert np.allclose(back, scores, atol=3e-3)  # float16
+
+
+def test_bootstrap_metric_diff_recomputes_the_metric_per_resample():
+    from jadapt.train.metrics import f1
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 400)
+    better = np.stack([np.where(rng.random(400) < 0.85, y, 1 - y) for _ in range(3)])
+    worse = np.stack([np.where(rng.random(400) < 0.6, y, 1 - y) for _ in range(3)])
+    point, lo, hi = protocol.bootstrap_metric_diff(better, worse, y, f1, 300)
+    assert lo < point < hi and lo > 0.1
+    assert point == pytest.approx(np.mean([f1(better[i], y) - f1(worse[i], y) for i in range(3)]))
+    assert protocol.verdict(protocol.bootstrap_metric_diff(worse, better, y, f1, 300)) == "reversed"
+    with pytest.raises(ValueError, match="paired"):
+        protocol.bootstrap_metric_diff(better, worse[:2], y, f1, 10)
+
+
+def test_seed_diffs_sign_counts_and_flattened_curves():
+    point, lo, hi = protocol.bootstrap_seed_diff([3.0, 2.0, 4.0], [1.0, 1.0, 1.0], 300)
+    assert point == pytest.approx(2.0) and lo >= 1.0 and hi <= 3.0
+    assert protocol.sign_count([3, 0, 4], [1, 1, 1]) == "2/3"
+    assert protocol.loss_curve([4.0, 2.0, 1.0, 1.0], points=2) == [3.0, 1.0]
+    assert protocol.flattened([2.0, 1.0, 0.6, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5])
+    assert not protocol.flattened([2.0, 1.8, 1.6, 1.4, 1.2, 1.0, 0.8, 0.6, 0.4, 0.2])
+    assert not protocol.flattened([1.0])
