@@ -196,7 +196,9 @@ def low_resource(records, methods, tuner, args) -> tuple[list, list]:
             recs = runs.get((n, lr), {})
             at[n] = recs
             vals = [r["evals"][-1]["dev"][main] for r in recs.values()]
-            row.append(f"{common.fmt_mean_std(vals, show_n=True)} @ {lr:g}" if vals else "–")
+            f1 = [r["evals"][-1]["dev"]["f1"] for r in recs.values() if "f1" in r["evals"][-1]["dev"]]
+            row.append(f"{common.fmt_mean_std(vals, show_n=True)}" + (f", F1 {common.fmt_mean_std(f1)}" if f1 else "")
+                       + f" @ {lr:g}" if vals else "–")
         for a in adapters:
             if "full" not in at:
                 continue
@@ -458,8 +460,11 @@ def run(args: argparse.Namespace, command: str) -> dict:
         logged = [r for r in study.log if r.get("steps")]
         if logged:
             per = np.median([r["wall_s"] / r["steps"] for r in logged])
+            left = sum(cost.train.values())
             print(f"measured in the log: {per:.3f} s wall per step, everything included (median of {len(logged)} "
-                  f"runs, on {logged[-1].get('host', 'the machine that made them')})", flush=True)
+                  f"runs, on {logged[-1].get('host', 'the machine that made them')}): the {left} steps left take "
+                  f"~{common.fmt_duration(per * left)} there (the table's CPU costs are fp32 on a loaded 2-core "
+                  "machine; the logged rate is the one to trust on the machine that made it)", flush=True)
         return {"cost": cost}
     records = []
     for (task, size, seed, m, lr), spec in zip(grid, specs):

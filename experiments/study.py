@@ -1,7 +1,8 @@
 """What the effectiveness studies share: methods, compiled-once training (``Tuner``), a
 resumable grid (``Study``), CPU-cost estimates (``Cost``), options and report helpers.
 
-Used by experiments.low_resource, forgetting, lr_robustness, overfitting and cross_lingual.
+Used by experiments.effectiveness (low resource, learning rate, overfitting), forgetting and
+cross_lingual; the statistics they report by live in experiments.protocol.
 """
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ from jadapt.train.step import init_state, make_eval_step, make_train_step
 
 
 # Padded widths of the studies' batches: the widths their recorded results (experiments/results)
-# and per-width CPU costs (experiments.low_resource.CPU_COST) were measured with; coarser than
+# and per-width CPU costs (experiments.study.CPU_COST) were measured with; coarser than
 # jadapt.data.DEFAULT_BUCKETS, which matters less here: a Runner compiles each width once for
 # hundreds of runs.
 STUDY_BUCKETS = (32, 64, 128, 256, 512)

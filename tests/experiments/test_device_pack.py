@@ -43,3 +43,14 @@ def test_pack_refuses_a_missing_task_folder(tiny_model_dir, tmp_path, capsys):
         device_pack.main(["--tasks", "rte,mrpc", "--model", str(tiny_model_dir), "--data-dir", str(data),
                           "--out", str(tmp_path / "pack")])
     assert "task mrpc: no folder" in capsys.readouterr().err
+
+
+def test_device_study_script_refuses_without_a_pack(tmp_path):
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "device_study.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    r = subprocess.run(["bash", str(script), "1", "experiments.effectiveness"], cwd=tmp_path, capture_output=True,
+                       text=True, env={"PATH": "/usr/bin:/bin", "OUT": str(tmp_path)})
+    assert r.returncode == 2 and "no .carry pack" in r.stdout
