@@ -47,8 +47,8 @@ import numpy as np
 
 from experiments import common, protocol
 from experiments.study import (Cost, Method, Study, Tuner, add_common_args, cost_line, finish_args, main_metric,
-                               make_tuner, new_figure, parse_list, parse_methods, save_figure, settings_of, start,
-                               write_report)
+                               make_tuner, new_figure, parse_list, parse_methods, predict_rows, save_figure, settings_of,
+                               start, write_report)
 
 LRS = "2e-5,5e-5,1e-4,3e-4,1e-3"
 QUICK = dict(tasks="rte", sizes="128", seeds="0,1,2", methods="adapter64,full", lrs="1e-4,1e-3", epochs=2.0,
@@ -113,24 +113,6 @@ def dev_set(tuner: Tuner, task: str, dev_limit: Optional[int]) -> dict:
 def budget(args, size: int, batch_size: int) -> int:
     """Optimizer steps of every run of a row."""
     return args.steps if args.steps else max(1, math.ceil(args.epochs * math.ceil(size / batch_size)))
-
-
-def predict(runner, task, enc: dict, trainable: dict) -> tuple[np.ndarray, dict]:
-    """(per-row predictions in row order, metrics incl. loss) of a tuned model on ``enc``."""
-    from jadapt import data
-    from jadapt.train.metrics import compute_metrics
-
-    n = data.num_rows(enc)
-    preds = np.zeros(n, np.float64)
-    loss_sum = w_sum = 0.0
-    for batch in data.eval_batches(enc, runner.eval_batch_size, buckets=runner.buckets, sort_by_length=True):
-        loss, w, p = runner.eval_step(trainable, runner.frozen, batch)
-        loss_sum, w_sum = loss_sum + float(loss), w_sum + float(w)
-        keep = batch["index"] >= 0
-        preds[batch["index"][keep]] = np.asarray(p, np.float64)[keep]
-    labels = np.asarray(enc["labels"])
-    metrics = compute_metrics(task, preds, labels, np.ones(n))
-    return preds, {**metrics, "loss": loss_sum / max(w_sum, 1.0)}
 
 
 def slim(metrics: dict) -> dict:
@@ -482,7 +464,7 @@ def run(args: argparse.Namespace, command: str) -> dict:
             epochs = total / math.ceil(size / args.batch_size)
             res = tuner.run(m, task, train, held, seed=seed, epochs=epochs, lr=lr, return_params=True, epoch_hook=hook)
             with common.Timer() as t:
-                preds, dev_metrics = predict(runner, task, dev, res["trainable"])
+                preds, dev_metrics = predict_rows(runner, task, dev, res["trainable"])
             evals = [e for e in res["epoch_log"] if "dev" in e]
             evals.append({"epoch": round(res["steps"] / math.ceil(size / args.batch_size), 3), "step": res["steps"],
                           "heldout": slim(res["final"]), "dev": slim(dev_metrics)})

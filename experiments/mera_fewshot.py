@@ -8,14 +8,20 @@ source adapters of ``experiments.mera_pool`` ("MerA") beat training it from scra
 from the single best source adapter, AdapterFusion over the pool, and full fine-tuning --
 and which merge (plain average, alignment by weights / by activations, TIES, DARE, OT)?
 
-Grid: target x k x seed x method (x pool mode). Every run trains for a fixed number of
-epochs and reports the metrics after the last step on the target's dev set (no dev-based
-early stopping or selection anywhere).
+Grid: target x k x seed x method (x pool mode) x learning rate. Every run trains for the same
+number of optimizer steps (``steps``) and is scored after the last step on a held-out k-shot
+set and on the target's dev set. The protocol (``experiments.protocol``, the same as the
+effectiveness studies'): each method's rate is chosen per (target, k, pool mode) from its grid
+by the mean held-out score over seeds; the dev set reported is never used to choose anything;
+comparisons are paired by seed (same k-shot sample) with bootstrap intervals over seeds and
+dev rows; the majority class (and MRPC's always-positive F1) stands beside every score.
 
 - **targets**: MRPC, RTE, SICK (3-way NLI; MNLI is possible, ``--targets mnli``: k-shot from
   ``validation_mismatched``, evaluated on a fixed seeded ``--eval-limit`` rows of
   ``validation_matched``; the cap applies to any dev set above it, none of the defaults);
-- **k**: examples per class drawn from the target's train split by ``jadapt.data.k_shot``
+- **held-out**: ``heldout_k`` examples per class drawn once (``protocol.HELDOUT_SEED``) from
+  the target's train split, the same rows for every run: where rates are chosen;
+- **k**: examples per class drawn from the rest of the train split by ``jadapt.data.k_shot``
   (seed = run seed), so a seed fixes the sample, head / adapter init, dropout and batch order;
 - **methods** (the adapter and head are trained in every adapter method; the backbone is frozen):
   ``scratch`` (fresh adapter), ``full-ft`` (no adapter, everything trains), and with the pool:
@@ -42,16 +48,17 @@ weights and the zero adapter as the task-vector base. Heads are never merged: ev
 a fresh head (output layer drawn from N(0, 0.02) with the run seed; the tanh dense layer starts
 from the model's pooler).
 
-Hyperparameters (fixed, not tuned): 20 epochs, batch 32, max length 128, AdamW (weight decay
-0.01, clip 1.0), linear warmup 10 % then decay, lr 1e-3 for adapters, 5e-4 for fusion, 5e-5
-for full fine-tuning (jadapt's defaults, ``jadapt.train.config.DEFAULT_LR``), dropout 0.1.
-AdapterFusion runs without its ||I - V|| regulariser (jadapt's train step has no auxiliary
-loss). Every run uses ``jadapt.train.runner.Runner``: one compiled step per model shape.
+Hyperparameters: ``steps`` optimizer steps (default 200) for every method, batch 32, max
+length 128, AdamW (weight decay 0.01, clip 1.0), linear warmup 10 % then decay, dropout 0.1;
+rate grids (chosen on the held-out set): adapters 1e-4, 3e-4, 1e-3 (He et al.'s ~1e-4 and
+jadapt's default), fusion 1e-4, 5e-4, 1e-3, full fine-tuning 2e-5, 5e-5, 1e-4. AdapterFusion
+runs without its ||I - V|| regulariser (jadapt's train step has no auxiliary loss). Every run
+uses ``jadapt.train.runner.Runner``: one compiled step per model shape.
 
 Resumable: every finished run is one JSON line of ``--jsonl`` (settings + metrics + timings);
 a restart with the same settings skips those. Outputs: ``--out`` (markdown: tables of mean
 ± std over seeds per target and k, command, hardware, time), a PNG beside it, and the JSONL.
-``--quick`` (k=16, one seed, 4 epochs, dev sets capped at 200 rows) writes ``*_quick.*`` files
+``--quick`` (k=16, one seed, 4 steps, one rate per family, dev sets capped at 200 rows) writes ``*_quick.*`` files
 and a projection of the full study's run time from its own warm step / eval timings.
 """
 from __future__ import annotations
@@ -68,7 +75,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from experiments import common
+from experiments import common, protocol
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MERGES = ("average", "align-weights", "align-activations", "ties", "dare", "ot")
@@ -76,20 +83,21 @@ POOL_METHODS = ("best-single", "fusion", *(f"mera-{m}" for m in MERGES), "mera-s
 METHODS = ("scratch", *POOL_METHODS, "full-ft")
 POOL_MODES = ("excluded", "included")
 SLOT = "target"  # name of the trained adapter in the few-shot model
-VERSION = 1  # bump when a change makes old JSONL records incomparable
+VERSION = 2  # bump when a change makes old JSONL records incomparable (2: rate grids, step budget, held-out)
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    targets: tuple[str, ...] = ("mrpc", "rte", "sick")
-    ks: tuple[int, ...] = (16, 32, 64)
-    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    targets: tuple[str, ...] = ("mrpc", "rte", "sick", "mnli")
+    ks: tuple[int, ...] = (16, 64)
+    seeds: tuple[int, ...] = (0, 1, 2)
     methods: tuple[str, ...] = METHODS
     pool_modes: tuple[str, ...] = POOL_MODES
-    epochs: float = 20.0
-    adapter_lr: float = 1e-3
-    fusion_lr: float = 5e-4
-    full_lr: float = 5e-5
+    steps: int = 200
+    adapter_lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3)
+    fusion_lrs: tuple[float, ...] = (1e-4, 5e-4, 1e-3)
+    full_lrs: tuple[float, ...] = (2e-5, 5e-5, 1e-4)
+    heldout_k: int = 16
     batch_size: int = 32
     eval_batch_size: int = 64
     max_length: int = 128
@@ -118,9 +126,11 @@ class Settings:
             raise ValueError("seeds must not be empty")
         if self.same_track_method not in MERGES:
             raise ValueError(f"same_track_method {self.same_track_method!r} is not one of {MERGES}")
-        for name in ("epochs", "adapter_lr", "fusion_lr", "full_lr"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.steps < 1 or self.heldout_k < 1:
+            raise ValueError(f"steps and heldout_k must be >= 1, got {self.steps} and {self.heldout_k}")
+        for name in ("adapter_lrs", "fusion_lrs", "full_lrs"):
+            if not getattr(self, name) or not all(lr > 0 for lr in getattr(self, name)):
+                raise ValueError(f"{name} must be a non-empty grid of rates > 0, got {getattr(self, name)}")
         if self.eval_limit is not None and self.eval_limit < 1:
             raise ValueError(f"eval_limit must be >= 1 or None, got {self.eval_limit}")
         for name in ("ties_density", "dare_density"):
@@ -128,7 +138,8 @@ class Settings:
                 raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)}")
 
 
-QUICK = dict(ks=(16,), seeds=(0,), epochs=4.0, eval_limit=200)  # timings project to the full grid
+QUICK = dict(ks=(16,), seeds=(0,), steps=4, eval_limit=200, adapter_lrs=(1e-3,), fusion_lrs=(5e-4,),
+             full_lrs=(5e-5,), heldout_k=4)  # timings project to the full grid
 
 
 def needs_activations(s: Settings, method: str) -> bool:
@@ -145,17 +156,18 @@ def family(method: str) -> str:
     return {"fusion": "fusion", "full-ft": "full"}.get(method, "adapter")
 
 
-def learning_rate(s: Settings, method: str) -> float:
-    return {"fusion": s.fusion_lr, "full": s.full_lr}.get(family(method), s.adapter_lr)
+def rates(s: Settings, method: str) -> tuple[float, ...]:
+    """The learning-rate grid of a method's family."""
+    return {"fusion": s.fusion_lrs, "full": s.full_lrs}.get(family(method), s.adapter_lrs)
 
 
-def run_spec(s: Settings, target: str, k: int, seed: int, method: str, mode: Optional[str], *, model: str,
-             pool_id: Optional[str]) -> dict:
+def run_spec(s: Settings, target: str, k: int, seed: int, method: str, mode: Optional[str], lr: float, *,
+             model: str, pool_id: Optional[str]) -> dict:
     """Everything a run's result depends on; its hash is the run's key in the JSONL."""
     spec = {"study": "mera-fewshot", "v": VERSION, "target": target, "k": k, "seed": seed, "method": method,
-            "pool_mode": mode if uses_pool(method) else None, "epochs": s.epochs, "lr": learning_rate(s, method),
-            "batch_size": s.batch_size, "max_length": s.max_length, "eval_limit": s.eval_limit,
-            "compute_dtype": s.compute_dtype, "model": model}
+            "pool_mode": mode if uses_pool(method) else None, "steps": s.steps, "lr": lr,
+            "heldout_k": s.heldout_k, "batch_size": s.batch_size, "max_length": s.max_length,
+            "eval_limit": s.eval_limit, "compute_dtype": s.compute_dtype, "model": model}
     if uses_pool(method):
         spec["pool_id"] = pool_id
         if method == "mera-ties" or (method == "mera-same-track" and s.same_track_method == "ties"):
@@ -168,16 +180,16 @@ def run_spec(s: Settings, target: str, k: int, seed: int, method: str, mode: Opt
 
 
 def plan(s: Settings) -> list[tuple]:
-    """(seed, k, target, method, mode) in run order: target outermost (only its compiled
+    """(seed, k, target, method, mode, lr) in run order: target outermost (only its compiled
     runners need to be in memory), then seeds, so a partial study already has every cell of
-    a target's table with fewer seeds."""
+    a target's table (rate grid included) with fewer seeds."""
     out = []
     for target in s.targets:
         for seed in s.seeds:
             for k in s.ks:
                 for method in s.methods:
                     for mode in (s.pool_modes if uses_pool(method) else (None,)):
-                        out.append((seed, k, target, method, mode))
+                        out += [(seed, k, target, method, mode, lr) for lr in rates(s, method)]
     return out
 
 
@@ -197,7 +209,11 @@ class Pool:
             raise FileNotFoundError(f"no pool manifest {manifest_file}: run `python -m experiments.mera_pool` first")
         manifest = json.loads(manifest_file.read_text())
         name = manifest["adapter_name"]
-        self.entries: list[dict] = manifest["adapters"]
+        # sources that did not beat their majority class (``mera_pool``'s "learned") stay out
+        self.dropped = [e for e in manifest["adapters"] if not e.get("learned", True)]
+        self.entries: list[dict] = [e for e in manifest["adapters"] if e.get("learned", True)]
+        if not self.entries:
+            raise ValueError(f"no pool adapter in {directory} beat its majority class: nothing to merge")
         self.adapters: list[dict] = []
         configs, arrays, bases = set(), {}, set()
         for e in self.entries:
@@ -318,9 +334,11 @@ class Study:
         self.calibrated: set = set()
 
     # ------------------------------------------------------------ data
-    def target_data(self, target: str) -> tuple[dict, dict]:
-        """(encoded train split, encoded dev set) of a target; the dev set is a fixed seeded
-        ``eval_limit`` sample when larger (seed 0, the same for every run)."""
+    def target_data(self, target: str) -> tuple[dict, dict, dict]:
+        """(encoded train split minus the held-out rows, held-out k-shot set, encoded dev set)
+        of a target. The held-out set is ``heldout_k`` rows per class drawn once
+        (``protocol.HELDOUT_SEED``); the dev set is a fixed seeded ``eval_limit`` sample when
+        larger (seed 0). Both are the same for every run."""
         if target not in self._data:
             from jadapt import data
 
@@ -330,7 +348,10 @@ class Study:
             if self.s.eval_limit is not None and data.num_rows(dev) > self.s.eval_limit:
                 dev = data.subsample(dev, self.s.eval_limit, 0)
             enc = lambda rows: data.encode(spec, rows, self.tokenizer, self.s.max_length)  # noqa: E731
-            self._data[target] = (enc(train), enc(dev))
+            train = enc(train)
+            held = data.k_shot(train, self.s.heldout_k, protocol.HELDOUT_SEED, task=target)
+            rest = data.take(train, np.flatnonzero(~np.isin(train["row"], held["row"])))
+            self._data[target] = (rest, held, enc(dev))
         return self._data[target]
 
     def shots(self, target: str, k: int, seed: int) -> dict:
@@ -489,10 +510,14 @@ class Study:
             self._acts[key] = (acts, mask)
         return self._acts[key]
 
-    def merged_adapter(self, method: str, target: str, k: int, seed: int, members: list[int], ref: int) -> dict:
+    def merged_adapter(self, method: str, target: str, k: int, seed: int, members: list[int],
+                       ref: int) -> tuple[dict, dict]:
+        """(the merge, {"moved": share of the bottleneck units that alignment moves, for the
+        aligning merges}): the share says whether alignment did anything on this pool (a pool
+        trained from one shared init keeps its units in order, and alignment = averaging)."""
         import jax
 
-        from jadapt.merge import merge_adapters
+        from jadapt.merge import align_to_reference, merge_adapters
 
         how = self.s.same_track_method if method == "mera-same-track" else method[len("mera-"):]
         adapters = [self.pool.adapters[i] for i in members]
@@ -504,15 +529,23 @@ class Study:
             kw.update(density=self.s.ties_density)
         if how == "dare":
             kw.update(key=jax.random.key(seed), density=self.s.dare_density, scale=1.0 / len(adapters))
-        return merge_adapters(adapters, how, **kw)
+        info = {}
+        if how in ("align-weights", "align-activations") and len(adapters) > 1:
+            _, perms = align_to_reference(adapters, method=how[len("align-"):],
+                                          **{k_: v for k_, v in kw.items() if k_ in ("reference", "activations", "mask")})
+            info["moved"] = round(float(np.mean([np.mean(np.asarray(v) != np.arange(len(v)))
+                                                 for j, p in enumerate(perms) if j != kw["reference"]
+                                                 for v in p.values()])), 4)
+        return merge_adapters(adapters, how, **kw), info
 
     # ------------------------------------------------------------ one run
-    def run(self, target: str, k: int, seed: int, method: str, mode: Optional[str]) -> dict:
-        """Train one (target, k, seed, method, pool mode) cell; returns the JSONL record body."""
+    def run(self, target: str, k: int, seed: int, method: str, mode: Optional[str], lr: float) -> dict:
+        """Train one (target, k, seed, method, pool mode, rate) cell; returns the JSONL record body."""
+        from experiments.study import predict_rows
         from jadapt import data, tree
 
         spec = data.get_task(target)
-        _, dev = self.target_data(target)
+        _, held, dev = self.target_data(target)
         shot = self.shots(target, k, seed)
         fam = family(method)
         info: dict[str, Any] = {}
@@ -546,31 +579,37 @@ class Study:
                     r = self.runner("adapter", spec.num_labels)
                     ref = self.best_member(target, k, seed, members)
                     info["reference"] = self.pool.tasks[ref]
-                    adapter = self.pool.adapters[ref] if method == "best-single" else \
-                        self.merged_adapter(method, target, k, seed, members, ref)
+                    if method == "best-single":
+                        adapter = self.pool.adapters[ref]
+                    else:
+                        adapter, merge_info = self.merged_adapter(method, target, k, seed, members, ref)
+                        info.update(merge_info)
                     start = seeded_init(overlay(r.init_trainable, adapter), seed, HEAD_OUT)
         n_compiled = r.train_step._cache_size() + r.eval_step._cache_size()
         with common.Timer() as t:
-            out = r.run(spec, shot, dev, seed=seed, epochs=self.s.epochs, lr=learning_rate(self.s, method),
-                        trainable=start, frozen=frozen)
+            out = r.run(spec, shot, held, seed=seed, epochs=self.s.steps / data.num_batches(shot, r.batch_size),
+                        lr=lr, trainable=start, frozen=frozen, return_params=True)
+            preds, dev_metrics = predict_rows(r, spec, dev, out["trainable"], frozen)
         compiled = r.train_step._cache_size() + r.eval_step._cache_size() > n_compiled
         if self.calibrate and (fam, target, mode if fam == "fusion" else None) not in self.calibrated:
-            info.update(self._calibrate(r, spec, shot, dev, start, frozen, seed, method))
+            info.update(self._calibrate(r, spec, shot, dev, start, frozen, seed, lr))
             self.calibrated.add((fam, target, mode if fam == "fusion" else None))
-        m = {k_: float(v) for k_, v in out["final"].items()}
+        m = {k_: float(v) for k_, v in dev_metrics.items()}
+        h = {k_: float(v) for k_, v in out["final"].items() if k_ != "epoch"}
         return {"status": "ok", "metrics": m, "main": m[spec.main_metric], "metric": spec.main_metric,
+                "heldout": h, "heldout_main": h[spec.main_metric], "dev_pred": protocol.pack_predictions(preds, False),
+                "curve": protocol.loss_curve(out["train_loss"]),
                 "steps": out["steps"], "train_rows": int(data.num_rows(shot)), "dev_rows": int(data.num_rows(dev)),
                 "prep_wall_s": round(prep.wall, 3), "prep_cpu_s": round(prep.cpu, 3), "run_wall_s": round(t.wall, 3),
                 "run_cpu_s": round(t.cpu, 3), "compiled": bool(compiled), **info}
 
-    def _calibrate(self, r, spec, shot, dev, start, frozen, seed, method) -> dict:
+    def _calibrate(self, r, spec, shot, dev, start, frozen, seed, lr) -> dict:
         """Warm timings on an already compiled runner, for the run-time projection: one dev
         evaluation, then one more epoch of training (+ its final dev evaluation)."""
         with common.Timer() as ev:
             r.evaluate(spec, dev, start, frozen)
         with common.Timer() as tr:
-            out = r.run(spec, shot, dev, seed=seed, epochs=1, lr=learning_rate(self.s, method), trainable=start,
-                        frozen=frozen)
+            out = r.run(spec, shot, dev, seed=seed, epochs=1, lr=lr, trainable=start, frozen=frozen)
         steps = max(out["steps"], 1)
         return {"cal_eval_wall_s": round(ev.wall, 3), "cal_eval_cpu_s": round(ev.cpu, 3),
                 "cal_step_wall_s": round(max(tr.wall - ev.wall, 0.0) / steps, 4),
@@ -582,20 +621,96 @@ def label(method: str, mode: Optional[str]) -> str:
     return method if mode is None else f"{method} ({mode})"
 
 
-def collect(log: common.RunLog, s: Settings, model: str, pool_id: Optional[str]) -> dict:
-    """{(target, k, method, mode): [record, ...]} of this settings' finished runs."""
+def collect(log: common.RunLog, s: Settings, model: str, pool_id: Optional[str]) -> tuple[dict, dict]:
+    """({(target, k, method, mode): [records at the chosen rate]}, {same key: (chosen rate,
+    grid-edge warning or None, {rate: mean held-out score})}) of this settings' finished runs.
+    The rate is chosen by the mean held-out score over seeds (``protocol.choose_rate``)."""
     wanted = {}
-    for seed, k, target, method, mode in plan(s):
-        key = common.run_key(run_spec(s, target, k, seed, method, mode, model=model, pool_id=pool_id))
-        wanted[key] = (target, k, method, mode)
-    out: dict = {}
+    for seed, k, target, method, mode, lr in plan(s):
+        key = common.run_key(run_spec(s, target, k, seed, method, mode, lr, model=model, pool_id=pool_id))
+        wanted[key] = ((target, k, method, mode), lr)
+    grid: dict = {}
     for rec in log:
         if rec.get("key") in wanted:
-            out.setdefault(wanted[rec["key"]], []).append(rec)
-    return out
+            cell, lr = wanted[rec["key"]]
+            grid.setdefault(cell, {}).setdefault(lr, []).append(rec)
+    cells, chosen = {}, {}
+    for cell, by_lr in grid.items():
+        held = {lr: [r["heldout_main"] for r in recs if r.get("status") == "ok"] for lr, recs in by_lr.items()}
+        held = {lr: v for lr, v in held.items() if v}
+        if held:
+            lr, edge = protocol.choose_rate(held)
+            chosen[cell] = (lr, edge, {x: float(np.mean(v)) for x, v in held.items()})
+            cells[cell] = by_lr[lr]
+        else:  # skipped cells: their records say why
+            cells[cell] = next(iter(by_lr.values()))
+    return cells, chosen
 
 
-def results_tables(s: Settings, cells: dict) -> str:
+# The paper's claims as paired comparisons (pool mode "excluded", the few-shot setting):
+# (claim, method claimed better, the other)
+CLAIMS = (("B1", "mera-{m}", "best-single"), ("B1", "mera-{m}", "fusion"),
+          ("B2", "mera-align-weights", "mera-average"), ("B2", "mera-align-activations", "mera-average"),
+          ("B2", "mera-ot", "mera-average"), ("B3", "mera-same-track", "mera-{same}"))
+
+
+def comparisons(s: Settings, cells: dict, dev_labels, reps: int = 2000) -> tuple[str, list[str]]:
+    """Table of paired differences (x100, 95 % bootstrap interval over seeds and dev rows) for
+    the claims B1 (each MerA merge vs the best single adapter and vs AdapterFusion), B2
+    (alignment vs plain averaging) and B3 (same-track vs the same merge of the whole pool);
+    and one verdict line per claim, target and k."""
+    from jadapt import data
+
+    rows, verdicts = [], []
+    mode = "excluded" if "excluded" in s.pool_modes else s.pool_modes[0]
+    merges = [m for m in MERGES if f"mera-{m}" in s.methods]
+    for target in s.targets:
+        spec = data.get_task(target)
+        metric = lambda p, y, spec=spec: protocol_metric(spec, p, y)  # noqa: E731
+        for k in s.ks:
+            for claim, a_tmpl, b_tmpl in CLAIMS:
+                for m in (merges if "{m}" in a_tmpl else [None]):
+                    a = a_tmpl.format(m=m, same=s.same_track_method)
+                    b = b_tmpl.format(m=m, same=s.same_track_method)
+                    ra = {r["seed"]: r for r in cells.get((target, k, a, mode), []) if r.get("status") == "ok"}
+                    rb = {r["seed"]: r for r in cells.get((target, k, b, mode), []) if r.get("status") == "ok"}
+                    seeds = sorted(set(ra) & set(rb))
+                    if len(seeds) < 2 or any("dev_pred" not in x[t] for x in (ra, rb) for t in seeds):
+                        continue
+                    pa = np.stack([protocol.unpack_predictions(ra[t]["dev_pred"], False) for t in seeds])
+                    pb = np.stack([protocol.unpack_predictions(rb[t]["dev_pred"], False) for t in seeds])
+                    ci = protocol.bootstrap_metric_diff(pa, pb, dev_labels(target), metric, reps)
+                    wins = protocol.sign_count([ra[t]["main"] for t in seeds], [rb[t]["main"] for t in seeds])
+                    rows.append([claim, target, k, f"{a} − {b}", protocol.fmt_ci(ci), f"{wins}", protocol.verdict(ci)])
+                    verdicts.append(f"- {claim} {target} k={k}: {a} − {b} = {protocol.fmt_ci(ci)} points "
+                                    f"({len(seeds)} seeds, better in {wins}) -> **{protocol.verdict(ci)}**")
+    table = common.markdown_table(["claim", "target", "k", "pair (pool: " + mode + ")", "dev difference x100 [95 % CI]",
+                                   "seeds better", "verdict"], rows) if rows else "no paired runs yet"
+    return table, verdicts
+
+
+def protocol_metric(spec, preds, labels) -> float:
+    from jadapt.train.metrics import compute_metrics
+
+    return compute_metrics(spec, preds, labels, np.ones(len(labels)))[spec.main_metric]
+
+
+def rate_table(s: Settings, chosen: dict) -> str:
+    """Mean held-out score per rate (bold: chosen), per (target, k, method, mode)."""
+    lrs = sorted({lr for *_, means in chosen.values() for lr in means})
+    rows, edges = [], []
+    for (target, k, method, mode), (lr, edge, means) in chosen.items():
+        rows.append([target, k, label(method, mode), *[(f"**{100 * means[x]:.1f}**" if x == lr else f"{100 * means[x]:.1f}")
+                                                       if x in means else "" for x in lrs]])
+        if edge and len(means) > 1:
+            edges.append(f"{target} k={k} {label(method, mode)}: {edge}")
+    text = common.markdown_table(["target", "k", "method", *[f"{x:g}" for x in lrs]], rows) if rows else "–"
+    return text + ("\n\nChosen at an end of its grid: " + "; ".join(edges) if edges else "")
+
+
+def results_tables(s: Settings, cells: dict, baselines: Optional[dict] = None) -> str:
+    """Per target: dev score at the chosen rate (mean ± std over seeds, n, @ rate) per method
+    and k, and the majority-class baseline (MRPC: also always-positive F1) beneath."""
     from jadapt import data
 
     parts = []
@@ -614,8 +729,13 @@ def results_tables(s: Settings, cells: dict) -> str:
                     if not ok and recs:
                         row.append("n/a")
                     else:
-                        row.append(common.fmt_mean_std(ok) + (f" (n={len(ok)})" if ok else ""))
+                        lr = next((r["lr"] for r in recs if r.get("status") == "ok"), None)
+                        row.append(common.fmt_mean_std(ok) + (f" (n={len(ok)}) @ {lr:g}" if ok else ""))
                 rows.append(row)
+        base = (baselines or {}).get(target)
+        if base:
+            rows.append(["majority class" + (f" (always-positive F1 {100 * base['f1']:.1f})" if "f1" in base else ""),
+                         *[f"{100 * base[spec.main_metric]:.1f}"] * len(s.ks)])
         parts += [common.markdown_table(["method"] + [f"k={k}" for k in s.ks], rows), ""]
     return "\n".join(parts)
 
@@ -733,7 +853,7 @@ def data_metric(target: str) -> str:
 
 # ---------------------------------------------------------------- run-time projection
 def steps_for(rows: int, s: Settings) -> int:
-    return max(1, math.ceil(s.epochs * math.ceil(rows / s.batch_size)))
+    return s.steps  # the budget is in optimizer steps, whatever the rows
 
 
 def cal_key(method: str, target: str, mode: Optional[str]) -> tuple:
@@ -762,7 +882,7 @@ def project(records: list[dict], target_settings: Settings, num_labels: dict, de
             compile_s += max(r[f"run_{clock}_s"] - r["steps"] * step - r["dev_rows"] * ev_row, 0.0)
         prep.setdefault((r["method"], r["target"]), []).append(r[f"prep_{clock}_s"] / r["k"])
     total, by_method, missing, runs = 0.0, {}, set(), 0
-    for seed, k, target, method, mode in plan(target_settings):
+    for seed, k, target, method, mode, _ in plan(target_settings):
         if (method, target, mode) in skipped:
             continue
         runs += 1
@@ -782,7 +902,9 @@ def project(records: list[dict], target_settings: Settings, num_labels: dict, de
 # ---------------------------------------------------------------- markdown
 def write_report(path: Path, *, s: Settings, cells: dict, pool: Optional[Pool], quick: bool,
                  command: str, full_command: str, wall_s: float, png: Optional[Path], projection: Optional[dict],
-                 load_start: Optional[float], jsonl: Path, verdict: Optional[Path] = None) -> None:
+                 load_start: Optional[float], jsonl: Path, verdict: Optional[Path] = None,
+                 chosen: Optional[dict] = None, baselines: Optional[dict] = None,
+                 pairs: tuple[str, list] = ("", [])) -> None:
     hw, sw = common.hardware(), common.software()
     n_ok = sum(1 for recs in cells.values() for r in recs if r.get("status") == "ok")
     n_skip = sum(1 for recs in cells.values() for r in recs if r.get("status") == "skipped")
@@ -792,7 +914,7 @@ def write_report(path: Path, *, s: Settings, cells: dict, pool: Optional[Pool], 
     text = ["# MerA few-shot study: merged pretrained adapters vs scratch, single adapter, fusion, full FT", ""]
     if quick:
         text += [f"**QUICK MODE** (k={','.join(map(str, s.ks))}, seeds {','.join(map(str, s.seeds))}, "
-                 f"{s.epochs:g} epochs, dev sets capped at {s.eval_limit} rows"
+                 f"{s.steps} steps, dev sets capped at {s.eval_limit} rows"
                  + (", source pool trained with `mera_pool --quick` budgets"
                     if pool and pool.manifest.get("quick") else "")
                  + "): a check of the pipeline and a timing, **not a result**. The study itself: see *Full study* "
@@ -803,18 +925,42 @@ def write_report(path: Path, *, s: Settings, cells: dict, pool: Optional[Pool], 
         + (f" ({len(pool.tasks)} Pfeiffer adapters, bottleneck {pool.config.size(384)}: "
            f"{', '.join(pool.tasks)})." if pool else "."),
         "",
-        f"Fixed hyperparameters: {s.epochs:g} epochs, batch {s.batch_size}, max length {s.max_length}, "
-        f"lr {s.adapter_lr:g} (adapters) / {s.fusion_lr:g} (fusion) / {s.full_lr:g} (full FT), warmup 10 %, "
-        f"linear decay, AdamW wd 0.01, metrics after the last step (no early stopping), "
+        f"Protocol: {s.steps} optimizer steps for every method, batch {s.batch_size}, max length {s.max_length}, "
+        f"warmup 10 %, linear decay, AdamW wd 0.01; each method's rate chosen per target, k and pool mode by the mean "
+        f"score over seeds on a held-out set of {s.heldout_k} training rows per class (one fixed draw, disjoint "
+        f"from every seed's k-shot sample) from the grids adapters {{{', '.join(f'{x:g}' for x in s.adapter_lrs)}}}, "
+        f"fusion {{{', '.join(f'{x:g}' for x in s.fusion_lrs)}}}, full fine-tuning "
+        f"{{{', '.join(f'{x:g}' for x in s.full_lrs)}}}; dev scores after the last step (no early stopping), "
         + (f"dev sets whole, or a fixed seeded sample of {s.eval_limit} rows where larger" if s.eval_limit
            else "whole dev sets") +
         f"; k = {', '.join(map(str, s.ks))} per class; seeds {', '.join(map(str, s.seeds))}; "
         f"same-track merge: {s.same_track_method}; TIES density {s.ties_density:g}; DARE keep {s.dare_density:g}.",
         "",
-        "## Results",
+        "## Results (dev score at the rate chosen on held-out rows)",
         "",
-        results_tables(s, cells),
+        results_tables(s, cells, baselines),
+        "## Learning-rate choice (mean held-out score x100 over seeds; bold: chosen)",
+        "",
+        rate_table(s, chosen or {}),
+        "",
+        "## Paired comparisons (by seed: same k-shot sample and init; bootstrap over seeds and dev rows)",
+        "",
+        pairs[0],
+        "",
+        *pairs[1],
+        "",
     ]
+    moved = [(key, r["moved"]) for key, recs in cells.items() for r in recs if "moved" in r]
+    if pool is not None and pool.dropped:
+        text += ["Sources left out of the pool (best dev score not 2 points above their majority class): "
+                 + ", ".join(f"{e['task']} ({e['metric']} {100 * e['dev_score']:.1f} vs {100 * e['majority']:.1f})"
+                             for e in pool.dropped), ""]
+    if moved:
+        by = {}
+        for (target, k, method, mode), v in moved:
+            by.setdefault(label(method, mode), []).append(v)
+        text += ["Share of bottleneck units alignment moves on this pool (mean over runs; 0 % = alignment equals "
+                 "plain averaging): " + "; ".join(f"{m} {100 * np.mean(v):.1f} %" for m, v in by.items()), ""]
     if skipped:
         text += ["Cells marked n/a were not run:", ""] + [f"- {x}" for x in skipped] + [""]
     if png:
@@ -870,7 +1016,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
-                   help="k=16, one seed, 4 epochs, dev capped at 200 rows, *_quick outputs, full-study time projection")
+                   help="k=16, one seed, 4 steps, one rate per family, dev capped at 200 rows, *_quick outputs, "
+                        "full-study time projection")
     p.add_argument("--pool", default=None,
                    help="pool dir with pool.json (default runs/mera/pool; quick: runs/mera_quick/pool)")
     p.add_argument("--targets", default=None, help="comma-separated (default mrpc,rte,sick)")
@@ -878,7 +1025,11 @@ def parse_args(argv=None):
     p.add_argument("--seeds", default=None, help="number of seeds N (0..N-1) or a comma list (default 5)")
     p.add_argument("--methods", default=None, help=f"comma-separated subset of {','.join(METHODS)}")
     p.add_argument("--pool-modes", default=None, help="comma-separated subset of excluded,included")
-    p.add_argument("--epochs", type=float, default=None)
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default 200, quick 4)")
+    for fam in ("adapter", "fusion", "full"):
+        p.add_argument(f"--{fam}-lrs", default=None, help=f"comma list: the {fam} learning-rate grid")
+    p.add_argument("--heldout-k", type=int, default=None,
+                   help="held-out rows per class for choosing rates (default 16, quick 4)")
     p.add_argument("--eval-limit", type=int, default=None,
                    help="cap dev sets at N rows (fixed seeded sample; default 2000, quick 200); 0 = none")
     p.add_argument("--same-track-method", default=None, choices=MERGES)
@@ -909,9 +1060,12 @@ def settings_from_args(args) -> Settings:
         kw["methods"] = tuple(m for m in args.methods.split(",") if m)
     if args.pool_modes:
         kw["pool_modes"] = tuple(m for m in args.pool_modes.split(",") if m)
-    for name in ("epochs", "same_track_method", "compute_dtype"):
+    for name in ("steps", "heldout_k", "same_track_method", "compute_dtype"):
         if getattr(args, name) is not None:
             kw[name] = getattr(args, name)
+    for name in ("adapter_lrs", "fusion_lrs", "full_lrs"):
+        if getattr(args, name):
+            kw[name] = tuple(float(x) for x in getattr(args, name).split(",") if x.strip())
     if args.eval_limit is not None:
         kw["eval_limit"] = args.eval_limit or None
     return Settings(**kw)
@@ -947,36 +1101,41 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     model_name = study.model_name
     pool_id = pool.id if pool else None
     todo = plan(s)
-    keys = [common.run_key(run_spec(s, target, k, seed, method, mode, model=model_name, pool_id=pool_id))
-            for seed, k, target, method, mode in todo]
+    keys = [common.run_key(run_spec(s, target, k, seed, method, mode, lr, model=model_name, pool_id=pool_id))
+            for seed, k, target, method, mode, lr in todo]
     progress = common.Progress(len(todo), already_done=sum(log.done(k) for k in keys))
     print(f"MerA few-shot: {len(todo)} runs planned, {progress.done} already in {jsonl}", flush=True)
     probed = {i for i, item in enumerate(todo) if needs_activations(s, item[3])}
     current = None
-    for i, ((seed, k, target, method, mode), key) in enumerate(zip(todo, keys)):
+    for i, ((seed, k, target, method, mode, lr), key) in enumerate(zip(todo, keys)):
         if log.done(key) or args.report_only:
             continue
         if target != current:
             study.focus(target)
             current = target
-        spec = run_spec(s, target, k, seed, method, mode, model=model_name, pool_id=pool_id)
-        body = study.run(target, k, seed, method, mode)
+        spec = run_spec(s, target, k, seed, method, mode, lr, model=model_name, pool_id=pool_id)
+        body = study.run(target, k, seed, method, mode, lr)
         if i in probed and not any(j in probed and todo[j][:3] == todo[i][:3] for j in range(i + 1, len(todo))):
             study.release_activations()  # the last run of this (seed, k, target) that probes
         log.append({"key": key, "kind": "run", **spec, **body, "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
-        msg = f"{target} k={k} seed={seed} {label(method, mode)}: "
-        msg += (f"{body['metric']} {100 * body['main']:.1f} ({body['steps']} steps, "
+        msg = f"{target} k={k} seed={seed} {label(method, mode)} lr {lr:g}: "
+        msg += (f"held-out {100 * body['heldout_main']:.1f}, dev {body['metric']} {100 * body['main']:.1f} "
+                f"({body['steps']} steps, "
                 f"{body['run_wall_s'] + body['prep_wall_s']:.0f} s)") if body["status"] == "ok" else body["reason"]
         progress.step(msg)
 
-    cells = collect(log, s, model_name, pool_id)
+    cells, chosen = collect(log, s, model_name, pool_id)
+    baselines = {t: protocol.majority_baseline(t, study.target_data(t)[2]["labels"]) for t in s.targets}
+    pairs = comparisons(s, cells, lambda t: np.asarray(study.target_data(t)[2]["labels"]))
     png = plot(s, cells, out.with_suffix(".png")) if cells else None
     projection = None
     if args.quick:
         from jadapt import data
 
         full = dataclasses.replace(s, ks=Settings.ks, seeds=Settings.seeds, eval_limit=Settings.eval_limit,
-                                   epochs=args.epochs or Settings.epochs)
+                                   steps=args.steps or Settings.steps, adapter_lrs=Settings.adapter_lrs,
+                                   fusion_lrs=Settings.fusion_lrs, full_lrs=Settings.full_lrs,
+                                   heldout_k=Settings.heldout_k)
         recs = [r for recs in cells.values() for r in recs]
         num_labels = {t: data.get_task(t).num_labels for t in s.targets}
         dev_full = {}
@@ -995,9 +1154,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     write_report(out, s=s, cells=cells, pool=pool, quick=args.quick, command=command,
                  full_command=full_command_for(args, raw), wall_s=time.time() - t0, png=png,
                  projection=projection, load_start=load_start, jsonl=jsonl,
-                 verdict=Path(args.verdict) if args.verdict else None)
+                 verdict=Path(args.verdict) if args.verdict else None, chosen=chosen, baselines=baselines,
+                 pairs=pairs)
     print(f"report: {out}", flush=True)
-    return {"cells": cells, "projection": projection, "report": out}
+    return {"cells": cells, "chosen": chosen, "projection": projection, "report": out}
 
 
 if __name__ == "__main__":

@@ -13,7 +13,9 @@ layer instead of two halves the CPU cost of every fused / merged forward.
 
 Each source task is trained with ``jadapt.train.loop.fit`` (the code behind ``jadapt
 train``), learning rate 1e-3 (jadapt's measured Pfeiffer default), batch 32, max length 128,
-linear warmup 10 % + decay, seed 0; the best of the per-epoch dev evaluations is kept at
+linear warmup 10 % + decay, source task i with seed i + 1 (distinct initial units, so that
+alignment has something to align; ``--shared-seed`` trains all from seed 0, whose units stay
+in matching order); the best of the per-epoch dev evaluations is kept at
 ``<pool>/<task>/best`` (adapter + head + metadata with task and track). Every adapter is
 named ``adapter`` inside its checkpoint (so all pool runs of one head shape share compiled
 steps); the task is in the metadata.
@@ -28,8 +30,10 @@ Where a split is missing (``shared/data/README.md``):
 - **qnli**: validation only: the same carve-out of ``validation`` (QNLI is a source task
   only, never a target or a reported number);
 - **mr / cr**: no official split: jadapt's seeded 10 % hold-out of train is the dev.
-The pool's own dev scores are in ``experiments/results/mera_pool.md``; they are sanity
-checks of the sources, not results.
+The pool's own dev scores are in ``experiments/results/mera_pool.md``, beside each source's
+majority-class score on the same rows: a source whose best dev score is not at least 2 points
+above it learned nothing worth merging, and ``experiments.mera_fewshot`` leaves it out of the
+pool and lists it (the MerA claims are about merging adapters that learned something).
 
 The adapters (~100 k params, ~0.4 MB each) go under ``runs/`` (git-ignored); a rerun skips
 tasks whose ``metrics.json`` exists with the same settings, and ``fit`` itself resumes a
@@ -44,6 +48,8 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+import numpy as np
+
 from experiments import common
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -53,7 +59,8 @@ ADAPTER_NAME = "adapter"
 METHOD = "pfeiffer"
 BOTTLENECK = 64
 LR = 1e-3  # jadapt.train.config.DEFAULT_LR["pfeiffer"]
-FULL = dict(train_cap=2000, dev_cap=1000, holdout=1000, epochs=2.0)
+FULL = dict(train_cap=20000, dev_cap=1000, holdout=1000, epochs=2.0)  # "the most data available offline"
+LEARNED_MARGIN = 0.02  # a source must beat its majority class by this much to join the merge
 QUICK = dict(train_cap=64, dev_cap=64, holdout=64, epochs=1.0)
 
 
@@ -106,11 +113,15 @@ def prepare_source_data(task: str, data_dir, root: Path, **caps) -> dict:
     """Write ``<root>/<local_dir>/{train,<dev>}.jsonl``; returns {rows, note}."""
     from jadapt import data
 
+    from experiments import protocol
+
     spec = data.get_task(task)
     train, dev, note = source_splits(task, data_dir, **caps)
     write_split(spec, train, root / spec.local_dir / f"{spec.train_split}.jsonl")
     write_split(spec, dev, root / spec.local_dir / f"{spec.dev_split}.jsonl")
-    return {"train_rows": int(data.num_rows(train)), "dev_rows": int(data.num_rows(dev)), "note": note}
+    majority = protocol.majority_baseline(spec, np.asarray(dev["label"]))[spec.main_metric]
+    return {"train_rows": int(data.num_rows(train)), "dev_rows": int(data.num_rows(dev)), "note": note,
+            "majority": float(majority)}
 
 
 # ---------------------------------------------------------------- one source adapter
@@ -146,6 +157,7 @@ def train_source(task: str, *, pool: Path, data_dir, model: Optional[str], budge
         **info, "steps": result["steps"], "wall_s": round(t.wall, 1), "cpu_s": round(t.cpu, 1),
         "settings": settings,
     }
+    entry["learned"] = bool(entry["dev_score"] is not None and entry["dev_score"] > info["majority"] + LEARNED_MARGIN)
     common.write_text_atomic(done_file, json.dumps(entry, indent=1, default=float))
     return entry
 
@@ -155,6 +167,8 @@ def write_report(entries: list[dict], path: Path, *, command: str, wall_s: float
                  seeds: str = "seed 0") -> None:
     rows = [[e["task"], e["track"], e["train_rows"], e["dev_rows"], e["steps"], e["metric"],
              f"{100 * e['dev_score']:.1f}" if e.get("dev_score") is not None else None,
+             f"{100 * e['majority']:.1f}" if "majority" in e else "?",
+             "yes" if e.get("learned", True) else "**no: dropped from the merge**",
              common.fmt_duration(e["wall_s"]), e["note"] or ""] for e in entries]
     hw = common.hardware()
     sw = common.software()
@@ -166,7 +180,7 @@ def write_report(entries: list[dict], path: Path, *, command: str, wall_s: float
         f"evaluations on <= {budget['dev_cap']} dev rows. See `experiments/mera_pool.py` for the data protocol.",
         "",
         common.markdown_table(["task", "track", "train rows", "dev rows", "steps", "metric", "dev (best epoch)",
-                               "wall", "note"], rows, align="llrrrlrrl"),
+                               "majority class", "learned", "wall", "note"], rows, align="llrrrlrrlrl"),
         "",
         "Dev scores select the source checkpoint only; they are not study results.",
         "",
@@ -196,9 +210,9 @@ def parse_args(argv=None):
     p.add_argument("--holdout", type=int, default=None, help="rows held out as dev where a task has one split")
     p.add_argument("--epochs", type=float, default=None)
     p.add_argument("--compute-dtype", default="float32", choices=("float32", "bfloat16"))
-    p.add_argument("--distinct-seeds", action="store_true",
-                   help="train task i with seed i + 1 (init, dropout, order) instead of seed 0 for all: units of "
-                        "adapters from one shared init stay in matching order, so alignment has nothing to do")
+    p.add_argument("--shared-seed", action="store_true",
+                   help="train every task with seed 0 instead of task i with seed i + 1: units of adapters from one "
+                        "shared init stay in matching order, so alignment has nothing to do (for that comparison)")
     p.add_argument("--report", default=None,
                    help="markdown summary (default experiments/results/mera_pool.md; quick: mera_pool_quick.md)")
     p.add_argument("--compile-cache", default="runs/jax_cache",
@@ -229,7 +243,7 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
     for i, task in enumerate(tasks):
         print(f"[pool {i + 1}/{len(tasks)}] {task} ...", flush=True)
         e = train_source(task, pool=pool, data_dir=data_dir, model=args.model, budget=budget,
-                         compute_dtype=args.compute_dtype, seed=i + 1 if args.distinct_seeds else 0)
+                         compute_dtype=args.compute_dtype, seed=0 if args.shared_seed else i + 1)
         print(f"[pool {i + 1}/{len(tasks)}] {task}: dev {e['metric']} {e['dev_score']:.4f}, {e['steps']} steps, "
               f"{e['wall_s']:.0f} s wall / {e['cpu_s']:.0f} s CPU", flush=True)
         entries.append(e)
@@ -238,7 +252,7 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
     common.write_text_atomic(pool / "pool.json", json.dumps(manifest, indent=1, default=float))
     report = Path(args.report or (RESULTS / ("mera_pool_quick.md" if args.quick else "mera_pool.md")))
     write_report(entries, report, command=command, wall_s=time.time() - t0, budget=budget, quick=args.quick,
-                 seeds="task i: seed i + 1" if args.distinct_seeds else "seed 0")
+                 seeds="seed 0 for every task" if args.shared_seed else "task i: seed i + 1")
     print(f"pool manifest: {pool / 'pool.json'}; report: {report}", flush=True)
     return entries
 

@@ -1,10 +1,10 @@
 """How much permutation alignment has to do in a MerA pool: the fraction of bottleneck units
 that weight alignment moves when every pool adapter is aligned to one reference.
 
-Adapters trained from one shared initialisation (``experiments.mera_pool``'s default: seed 0
-for every source task) keep their units in matching order after a short training, so the
-optimal assignment is the identity and alignment equals plain averaging; a pool trained with
-``--distinct-seeds`` starts from different random units.
+Adapters trained from one shared initialisation (``experiments.mera_pool --shared-seed``:
+seed 0 for every source task) keep their units in matching order after a short training, so
+the optimal assignment is the identity and alignment equals plain averaging; the pool's
+default (task i from seed i + 1) starts from different random units.
 
     python -m experiments.mera_unit_order --pools runs/mera/pool runs/mera/pool_seeds --reference stsb
 """

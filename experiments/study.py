@@ -270,6 +270,25 @@ class Study:
         return rec
 
 
+def predict_rows(runner, task, enc: dict, trainable: dict, frozen: Optional[dict] = None) -> tuple[np.ndarray, dict]:
+    """(per-row predictions in row order, metrics incl. loss) of a tuned model on ``enc``:
+    what a paired row bootstrap (``protocol.bootstrap_metric_diff``) needs besides the score."""
+    from jadapt import data
+    from jadapt.train.metrics import compute_metrics
+
+    frozen = runner.frozen if frozen is None else frozen
+    n = data.num_rows(enc)
+    preds = np.zeros(n, np.float64)
+    loss_sum = w_sum = 0.0
+    for batch in data.eval_batches(enc, runner.eval_batch_size, buckets=runner.buckets, sort_by_length=True):
+        loss, w, p = runner.eval_step(trainable, frozen, batch)
+        loss_sum, w_sum = loss_sum + float(loss), w_sum + float(w)
+        keep = batch["index"] >= 0
+        preds[batch["index"][keep]] = np.asarray(p, np.float64)[keep]
+    metrics = compute_metrics(task, preds, np.asarray(enc["labels"]), np.ones(n))
+    return preds, {**metrics, "loss": loss_sum / max(w_sum, 1.0)}
+
+
 def cost_line(records: Sequence[dict]) -> str:
     """Summed wall and CPU time of the runs (CPU: all threads; on a shared machine it is the
     steadier measure of cost -- wall time there mostly measures the other jobs)."""
