@@ -332,7 +332,7 @@ def run(args: argparse.Namespace, command: str) -> dict:
     grid = [("select", m, lr, seeds[0]) for m in methods for lr in lr_grid(m, args)]
     study = Study(out / f"{args.name}.jsonl", [spec(*g) for g in grid] + [spec("final", m, None, s)
                                                                          for m in methods for s in seeds],
-                  report_only=args.report_only)
+                  report_only=args.report_only, max_minutes=args.max_minutes)
     if args.dry_run:
         todo = [g for g in grid if not study.is_done(spec(*g))]
         per_step = [r["wall_s"] / max(r["steps"], 1) for r in study.log if r.get("phase") == "select"]

@@ -288,7 +288,8 @@ def run(args: argparse.Namespace, command: str) -> dict:
     specs = [dict(study="forgetting", what="base", **settings)]
     specs += [dict(study="forgetting", task=t, train_size=n, method=m.name, kind=m.kind, bottleneck=m.bottleneck,
                    lr=lr_of(t, n, m), seed=seed, **budget_of(t, n), **settings) for t, n, m, seed in grid]
-    study = Study(out / f"{args.name}.jsonl", specs, report_only=args.report_only)
+    study = Study(out / f"{args.name}.jsonl", specs, report_only=args.report_only,
+                  max_minutes=args.max_minutes)
     if args.dry_run:  # comparison forwards: probes + both STS sides, through the tuned and the original model
         probe_enc = {"input_ids": np.zeros((len(probes), tuner.max_length), np.int32),
                      "lengths": np.full(len(probes), tuner.max_length // 2, np.int32)}
