@@ -1044,6 +1044,9 @@ def parse_args(argv=None):
                    help="markdown file with the claim-by-claim verdict, included in the report as is")
     p.add_argument("--report-only", action="store_true",
                    help="run nothing: write the report from the runs of this plan already in the JSONL")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="run a chunk: start no run that would end after this many minutes (judged by the longest "
+                        "run so far), then write the report; rerun to go on")
     return p.parse_args(argv)
 
 
@@ -1107,9 +1110,15 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     print(f"MerA few-shot: {len(todo)} runs planned, {progress.done} already in {jsonl}", flush=True)
     probed = {i for i, item in enumerate(todo) if needs_activations(s, item[3])}
     current = None
+    deadline = None if args.max_minutes is None else t0 + 60 * args.max_minutes
+    longest, left = 0.0, 0
     for i, ((seed, k, target, method, mode, lr), key) in enumerate(zip(todo, keys)):
         if log.done(key) or args.report_only:
             continue
+        if deadline is not None and longest and time.time() + longest > deadline:  # a chunk runs at least one
+            left += 1
+            continue
+        started = time.time()
         if target != current:
             study.focus(target)
             current = target
@@ -1123,6 +1132,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                 f"({body['steps']} steps, "
                 f"{body['run_wall_s'] + body['prep_wall_s']:.0f} s)") if body["status"] == "ok" else body["reason"]
         progress.step(msg)
+        longest = max(longest, time.time() - started)
+    if left:
+        print(f"time limit: {left} runs left for the next chunk (rerun the same command)", flush=True)
 
     cells, chosen = collect(log, s, model_name, pool_id)
     baselines = {t: protocol.majority_baseline(t, study.target_data(t)[2]["labels"]) for t in s.targets}
@@ -1157,7 +1169,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                  verdict=Path(args.verdict) if args.verdict else None, chosen=chosen, baselines=baselines,
                  pairs=pairs)
     print(f"report: {out}", flush=True)
-    return {"cells": cells, "chosen": chosen, "projection": projection, "report": out}
+    return {"cells": cells, "chosen": chosen, "projection": projection, "report": out, "left": left}
 
 
 if __name__ == "__main__":

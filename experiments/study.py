@@ -230,7 +230,8 @@ class Study:
                  max_minutes: Optional[float] = None):
         self.report_only = report_only  # then ``once`` runs nothing: None for a run not in the log
         # a chunk of the grid (a rented GPU's ten-minute call): no run starts that would end
-        # after the deadline, judged by the longest run this process made so far
+        # after the deadline, judged by the longest run this process made so far (the first
+        # always runs)
         self.deadline = None if max_minutes is None else time.time() + 60 * max_minutes
         self.longest = 0.0
         self.stopped = 0  # runs left for a later chunk
@@ -257,7 +258,8 @@ class Study:
         if self.report_only:
             print(f"[missing] {what}: not in the log, left out of the report", flush=True)
             return None
-        if self.deadline is not None and time.time() + self.longest > self.deadline:
+        if self.deadline is not None and self.longest and time.time() + self.longest > self.deadline:
+            # (a chunk always runs at least one: a limit shorter than one run still makes progress)
             self.stopped += 1
             print(f"[later] {what}: the time limit would pass before it ends; left for the next chunk", flush=True)
             return None

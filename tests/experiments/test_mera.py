@@ -157,7 +157,11 @@ def test_quick_study_end_to_end_and_resume(tiny_setup):
     argv = ["--quick", "--pool", str(pool_dir), "--targets", "rte,mrpc", "--steps", "2",
             "--methods", "scratch,best-single,fusion,mera-align-activations,mera-same-track",
             "--model", str(model), "--data-dir", str(data), "--out", str(out), "--compile-cache", ""]
-    res = fs.main(argv)
+    chunk = fs.main(argv + ["--max-minutes", "0.0001"])  # a chunk: one run, then the time is up
+    assert chunk["left"] == 2 * (1 + 4 * 2) - 1
+    assert sum('"kind": "run"' in line for line in open(out.with_suffix(".jsonl"))) == 1
+    res = fs.main(argv)  # the next chunk finishes the plan
+    assert res["left"] == 0
     runs = [json.loads(line) for line in open(out.with_suffix(".jsonl")) if '"kind": "run"' in line]
     assert len(runs) == 2 * (1 + 4 * 2)
     by = {(r["target"], r["method"], r["pool_mode"]): r for r in runs}
