@@ -217,9 +217,12 @@ def robustness(records, methods, tuner, args) -> tuple[list, list]:
                 continue
             best = max(means.values())
             good = [lr for lr, v in means.items() if v >= best - NEAR_BEST]
-            collapsed = [lr for lr, v in means.items() if v <= floor]
+            collapsed = {lr: sum(r["evals"][-1]["dev"][main] <= floor for r in v.values())
+                         for lr, v in per_rate.items() if v}  # runs at the majority class (+1 point) or below
             rows.append([task, size, m.name, *[f"{100 * means[lr]:.1f}" if lr in means else "" for lr in lrs],
-                         f"{len(good)}/{len(means)}", ", ".join(f"{lr:g}" for lr in collapsed) or "none"])
+                         f"{len(good)}/{len(means)}",
+                         ", ".join(f"{lr:g} ({c}/{len(per_rate[lr])} seeds)" for lr, c in collapsed.items() if c)
+                         or "none"])
             seeds = set.intersection(*(set(v) for v in per_rate.values())) if all(per_rate.values()) else set()
             if seeds:
                 complete[m.name] = (sorted(seeds), per_rate)
@@ -354,7 +357,7 @@ def write(args, command, t0, tuner, methods, records, settings) -> Path:
                                       *[f"{a} − full [95 % CI]" for a in adapters if "full" in names]], a3_rows)
     a4_rows, a4 = robustness(records, methods, tuner, args)
     a4_table = common.markdown_table(["task", "size", "method", *[f"{lr:g}" for lr in lrs], "rates within 2 of best",
-                                      "collapsed at"], a4_rows)
+                                      "runs collapsed (dev <= majority + 1)"], a4_rows)
     a5_rows, a5 = overfitting(records, methods, args)
     a5_table = common.markdown_table(["task", "size", "method", "lr", "seeds", "best epoch / epochs", "best dev",
                                       "last dev", "drop best − last", "dev loss rise"], a5_rows)
