@@ -42,7 +42,8 @@ import numpy as np
 
 from experiments import common, protocol
 from experiments.study import (Method, Study, Tuner, add_common_args, finish_args, make_tuner, new_figure,
-                                      parse_list, parse_methods, save_figure, settings_of, start, write_report)
+                                      parse_list, parse_methods, predict_rows, save_figure, settings_of, start,
+                                      write_report)
 
 SOURCES = "mnli:validation_mismatched,snli:train"
 HEAD_TASK = "mnli"  # the head's task: 3-way NLI with XNLI's label ids
@@ -133,16 +134,9 @@ def xnli_sets(tuner: Tuner, langs: Sequence[str], eval_rows: int) -> dict:
     return sets
 
 
-def correct_rows(runner, enc: dict, trainable: dict) -> np.ndarray:
+def correct_rows(runner, task: str, enc: dict, trainable: dict) -> np.ndarray:
     """Per-row correctness (bool ``[N]``, in row order) of the tuned model on ``enc``."""
-    from jadapt import data
-
-    out = np.zeros(data.num_rows(enc), bool)
-    for batch in data.eval_batches(enc, runner.eval_batch_size, buckets=runner.buckets, sort_by_length=True):
-        _, _, preds = runner.eval_step(trainable, runner.frozen, batch)
-        keep = batch["index"] >= 0
-        out[batch["index"][keep]] = np.asarray(preds)[keep] == batch["labels"][keep]
-    return out
+    return predict_rows(runner, task, enc, trainable)[0] == np.asarray(enc["labels"])
 
 
 def pack(bits: np.ndarray) -> str:
@@ -352,7 +346,7 @@ def run(args: argparse.Namespace, command: str) -> dict:
     def score(m, trainable):
         runner = tuner.setup(m, HEAD_TASK)["runner"]
         with common.Timer() as t:
-            correct = {c: correct_rows(runner, enc, trainable) for c, enc in sets.items()}
+            correct = {c: correct_rows(runner, c, enc, trainable) for c, enc in sets.items()}
         return correct, t
 
     finals: dict = {}

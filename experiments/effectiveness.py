@@ -134,13 +134,6 @@ def chosen_rates(records: Sequence[dict]) -> dict:
     return out
 
 
-def metric_fn(task):
-    from jadapt.train.metrics import compute_metrics
-
-    main = main_metric(task)
-    return lambda p, y: compute_metrics(task, p, y, np.ones(len(y)))[main]
-
-
 def dev_labels(tuner: Tuner, task: str, dev_limit: Optional[int]) -> np.ndarray:
     return np.asarray(dev_set(tuner, task, dev_limit)["labels"])
 
@@ -190,7 +183,7 @@ def low_resource(records, methods, tuner, args) -> tuple[list, list]:
                 continue
             pa = np.stack([preds_of(at[a][s]) for s in seeds])
             pb = np.stack([preds_of(at["full"][s]) for s in seeds])
-            ci = protocol.bootstrap_metric_diff(pa, pb, y, metric_fn(task), args.bootstrap)
+            ci = protocol.bootstrap_metric_diff(pa, pb, y, protocol.main_metric_fn(task), args.bootstrap)
             cis.append(((task, size, f"{a} − full"), ci, len(seeds)))
             row.append(f"{protocol.fmt_ci(ci)} ({protocol.verdict(ci)}, {len(seeds)} seeds)")
         rows.append(row)
@@ -229,7 +222,7 @@ def robustness(records, methods, tuner, args) -> tuple[list, list]:
         adapters = [m.name for m in methods if m.kind != "full" and m.name in complete]
         if "full" not in complete:
             continue
-        fn = metric_fn(task)
+        fn = protocol.main_metric_fn(task)
         for a in adapters:
             seeds = sorted(set(complete[a][0]) & set(complete["full"][0]))
             if len(seeds) < 2:

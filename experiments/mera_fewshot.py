@@ -666,7 +666,7 @@ def comparisons(s: Settings, cells: dict, dev_labels, reps: int = 2000) -> tuple
     merges = [m for m in MERGES if f"mera-{m}" in s.methods]
     for target in s.targets:
         spec = data.get_task(target)
-        metric = lambda p, y, spec=spec: protocol_metric(spec, p, y)  # noqa: E731
+        metric = protocol.main_metric_fn(spec)
         for k in s.ks:
             for claim, a_tmpl, b_tmpl in CLAIMS:
                 for m in (merges if "{m}" in a_tmpl else [None]):
@@ -687,12 +687,6 @@ def comparisons(s: Settings, cells: dict, dev_labels, reps: int = 2000) -> tuple
     table = common.markdown_table(["claim", "target", "k", "pair (pool: " + mode + ")", "dev difference x100 [95 % CI]",
                                    "seeds better", "verdict"], rows) if rows else "no paired runs yet"
     return table, verdicts
-
-
-def protocol_metric(spec, preds, labels) -> float:
-    from jadapt.train.metrics import compute_metrics
-
-    return compute_metrics(spec, preds, labels, np.ones(len(labels)))[spec.main_metric]
 
 
 def rate_table(s: Settings, chosen: dict) -> str:

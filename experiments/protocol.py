@@ -63,6 +63,15 @@ def bootstrap_diff(a: np.ndarray, b: np.ndarray, reps: int = 2000, seed: int = 0
     return float(diff.mean()), float(lo), float(hi)
 
 
+def main_metric_fn(task):
+    """``fn(predictions, labels)`` -> the task's main metric: what a row bootstrap recomputes."""
+    from jadapt import data
+    from jadapt.train.metrics import compute_metrics
+
+    spec = data.get_task(task)
+    return lambda p, y: compute_metrics(spec, p, y, np.ones(len(y)))[spec.main_metric]
+
+
 def verdict(ci: tuple[float, float, float]) -> str:
     """The one rule: "reproduced" only where the interval of (claimed better - other) is above
     0, "reversed" where it is below, else "not reproduced"."""

@@ -248,7 +248,7 @@ def test_effectiveness_quick_end_to_end_chunks_and_resume(tiny_model_dir, tasks_
         assert len(preds) == 40
         main = effectiveness.main_metric(r["task"])
         y = effectiveness.dev_labels(effectiveness.make_tuner(effectiveness.parse_args(argv)), r["task"], None)
-        assert effectiveness.metric_fn(r["task"])(preds, y) == pytest.approx(r["evals"][-1]["dev"][main], abs=2e-3)
+        assert effectiveness.protocol.main_metric_fn(r["task"])(preds, y) == pytest.approx(r["evals"][-1]["dev"][main], abs=2e-3)
     by = {(r["method"], r["lr"], r["seed"]): r for r in recs if r["task"] == "rte"}
     assert by[("full", 1e-4, 0)]["curve"] != by[("full", 3e-2, 0)]["curve"]  # the rate reaches the optimizer
     # the held-out rows are one draw outside every seed's subset
