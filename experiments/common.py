@@ -292,6 +292,22 @@ def enable_compile_cache(directory: Optional[str | os.PathLike]) -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
+class Deadline:
+    """A grid chunk's time limit (``--max-minutes``): the next run may start unless it would
+    end after the limit, judged by the longest run so far; the first run always starts, so a
+    chunk shorter than one run still makes progress."""
+
+    def __init__(self, max_minutes: Optional[float]):
+        self.at = None if max_minutes is None else time.time() + 60 * max_minutes
+        self.longest = 0.0
+
+    def allows_next(self) -> bool:
+        return self.at is None or not self.longest or time.time() + self.longest <= self.at
+
+    def ran(self, seconds: float) -> None:
+        self.longest = max(self.longest, seconds)
+
+
 class Timer:
     """Wall and process-CPU seconds (all threads) of a block: ``with Timer() as t: ...``."""
 

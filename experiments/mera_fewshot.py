@@ -1104,12 +1104,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     print(f"MerA few-shot: {len(todo)} runs planned, {progress.done} already in {jsonl}", flush=True)
     probed = {i for i, item in enumerate(todo) if needs_activations(s, item[3])}
     current = None
-    deadline = None if args.max_minutes is None else t0 + 60 * args.max_minutes
-    longest, left = 0.0, 0
+    deadline, left = common.Deadline(args.max_minutes), 0
     for i, ((seed, k, target, method, mode, lr), key) in enumerate(zip(todo, keys)):
         if log.done(key) or args.report_only:
             continue
-        if deadline is not None and longest and time.time() + longest > deadline:  # a chunk runs at least one
+        if not deadline.allows_next():
             left += 1
             continue
         started = time.time()
@@ -1126,7 +1125,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                 f"({body['steps']} steps, "
                 f"{body['run_wall_s'] + body['prep_wall_s']:.0f} s)") if body["status"] == "ok" else body["reason"]
         progress.step(msg)
-        longest = max(longest, time.time() - started)
+        deadline.ran(time.time() - started)
     if left:
         print(f"time limit: {left} runs left for the next chunk (rerun the same command)", flush=True)
 

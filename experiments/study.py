@@ -229,11 +229,7 @@ class Study:
     def __init__(self, path: str | os.PathLike, specs: Sequence[dict], *, report_only: bool = False,
                  max_minutes: Optional[float] = None):
         self.report_only = report_only  # then ``once`` runs nothing: None for a run not in the log
-        # a chunk of the grid (a rented GPU's ten-minute call): no run starts that would end
-        # after the deadline, judged by the longest run this process made so far (the first
-        # always runs)
-        self.deadline = None if max_minutes is None else time.time() + 60 * max_minutes
-        self.longest = 0.0
+        self.deadline = common.Deadline(max_minutes)  # a chunk of the grid (a GPU call's limit)
         self.stopped = 0  # runs left for a later chunk
         self.log = common.RunLog(path)
         self.by_key = {r["key"]: r for r in self.log}
@@ -258,14 +254,13 @@ class Study:
         if self.report_only:
             print(f"[missing] {what}: not in the log, left out of the report", flush=True)
             return None
-        if self.deadline is not None and self.longest and time.time() + self.longest > self.deadline:
-            # (a chunk always runs at least one: a limit shorter than one run still makes progress)
+        if not self.deadline.allows_next():
             self.stopped += 1
             print(f"[later] {what}: the time limit would pass before it ends; left for the next chunk", flush=True)
             return None
         t0 = time.time()
         rec = {"key": key, "spec": spec, **fn()}
-        self.longest = max(self.longest, time.time() - t0)
+        self.deadline.ran(time.time() - t0)
         self.log.append(rec)
         self.by_key[key] = rec
         self.progress.step(f"{what}: {show(rec) if show else ''}")
