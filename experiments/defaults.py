@@ -27,6 +27,13 @@ GRID = [
     ("sst2", "full", 1000, 2, "mean", (2e-5, 5e-5, 1e-4)),
 ]
 
+NOT_A_CLAIM_STUDY = (
+    "> **Not a claim study.** An engineering record of how jadapt's defaults were picked: one seed, "
+    "scores on the dev set that also chose, no intervals. No paper claim rests on it; the claim studies "
+    "(`effectiveness_*.md`, `forgetting_*.md`, `cross_lingual.md`, `mera*.md`) follow the protocol of "
+    "`experiments/protocol.py` (rates chosen on held-out training rows, >= 3 seeds, paired intervals). "
+    "Majority class on the same dev sets: SST-2 0.509, MRPC 0.684 (always-positive F1 0.812).")
+
 
 def build(task_name, method, pooling, model_path):
     from jadapt.adapters.config import preset
@@ -87,7 +94,7 @@ def main(argv=None):
              f"{r['final']['accuracy']:.3f}", f"{r['best']['accuracy']:.3f}", r["seconds"]]
             for r in sorted(done.values(), key=lambda r: (r["task"], r["method"], r["pooling"], r["lr"]))]
     hw = hardware()
-    text = (f"# How the defaults were chosen\n\nCommand: `{command_line(argv, python='python')}`  \n"
+    text = (f"# How the defaults were chosen\n\n{NOT_A_CLAIM_STUDY}\n\nCommand: `{command_line(argv, python='python')}`  \n"
             f"Hardware: {hw['cpu_model']}, {hw['cores_available']} cores, load average {hw.get('load_average_1m')} at the end (other jobs shared the CPU); this run's wall time "
             f"{time.time() - t0:.0f} s (excluding rows reused from `{raw.name}`).\n\n"
             "Packaged all-MiniLM-L6-v2, batch 32, max length 128, bottleneck 64, seed 0, AdamW "

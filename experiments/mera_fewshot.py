@@ -16,9 +16,9 @@ by the mean held-out score over seeds; the dev set reported is never used to cho
 comparisons are paired by seed (same k-shot sample) with bootstrap intervals over seeds and
 dev rows; the majority class (and MRPC's always-positive F1) stands beside every score.
 
-- **targets**: MRPC, RTE, SICK (3-way NLI; MNLI is possible, ``--targets mnli``: k-shot from
+- **targets**: MRPC, RTE, SICK (3-way NLI) and MNLI (k-shot from
   ``validation_mismatched``, evaluated on a fixed seeded ``--eval-limit`` rows of
-  ``validation_matched``; the cap applies to any dev set above it, none of the defaults);
+  ``validation_matched``; the cap applies to any dev set above it: SICK's and MNLI's);
 - **held-out**: ``heldout_k`` examples per class drawn once (``protocol.HELDOUT_SEED``) from
   the target's train split, the same rows for every run: where rates are chosen;
 - **k**: examples per class drawn from the rest of the train split by ``jadapt.data.k_shot``
@@ -26,13 +26,14 @@ dev rows; the majority class (and MRPC's always-positive F1) stands beside every
 - **methods** (the adapter and head are trained in every adapter method; the backbone is frozen):
   ``scratch`` (fresh adapter), ``full-ft`` (no adapter, everything trains), and with the pool:
   ``best-single`` (start from one source adapter), ``fusion`` (AdapterFusion over the pool:
-  adapters frozen, fusion layers + head train), ``mera-<merge>`` for merge in average,
-  align-weights, align-activations, ties, dare, ot (start from the merge of the pool), and
+  adapters frozen, fusion layers + head train), ``mera-<merge>`` for merge in sum,
+  average, align-weights, align-activations, ties, dare, ot (start from the merge of the pool:
+  ``sum`` adds the K adapters' weights, the paper's naive baseline), and
   ``mera-same-track`` (``--same-track-method`` merge of the pool adapters whose source task is
   in the target's track);
 - **pool modes**: ``excluded`` (adapters trained on the target's own dataset are left out:
   the dataset, not only the task, so SICK excludes sick and sick-relatedness) and
-  ``included`` (the whole pool; the target's own adapter saw up to 2000 labelled target rows,
+  ``included`` (the whole pool; the target's own adapter saw up to 20,000 labelled target rows,
   so "included" is not a few-shot setting -- it measures how much MerA keeps of that adapter).
 
 Choices without dev data: the **best single adapter** is the pool member whose mean-pooled
@@ -42,7 +43,7 @@ margin) -- a transferability estimate from the few-shot train set only. The same
 the **reference** that alignment / OT merges align to. ``align-activations`` probes with the
 target's k-shot training inputs (real tokens only). TIES keeps the top 20 % (density 0.2, its
 paper's value) with sign election; DARE keeps each entry with p = 0.5, rescales by 1/p and
-*averages* (scale 1/K: DARE's task-arithmetic sum of K = 13 adapters would be 13 times any
+*averages* (scale 1/K: DARE's task-arithmetic sum of K = 14 adapters would be 14 times any
 one of them); OT uses Sinkhorn (epsilon 0.05) on weight similarities. Merges use uniform
 weights and the zero adapter as the task-vector base. Heads are never merged: every run gets
 a fresh head (output layer drawn from N(0, 0.02) with the run seed; the tanh dense layer starts
@@ -51,8 +52,9 @@ from the model's pooler).
 Hyperparameters: ``steps`` optimizer steps (default 200) for every method, batch 32, max
 length 128, AdamW (weight decay 0.01, clip 1.0), linear warmup 10 % then decay, dropout 0.1;
 rate grids (chosen on the held-out set): adapters 1e-4, 3e-4, 1e-3 (He et al.'s ~1e-4 and
-jadapt's default), fusion 1e-4, 5e-4, 1e-3, full fine-tuning 2e-5, 5e-5, 1e-4. AdapterFusion
-runs without its ||I - V|| regulariser (jadapt's train step has no auxiliary loss). Every run
+jadapt's default), fusion 1e-4, 5e-4, 1e-3, full fine-tuning 2e-5, 5e-5, 1e-4. AdapterFusion is
+AdapterHub's ``dynamic`` preset, so the train step adds its regulariser ``0.01 * sum ||I - V||^2``
+(``jadapt.fusion.regularization_loss``) to the loss, as AdapterHub does. Every run
 uses ``jadapt.train.runner.Runner``: one compiled step per model shape.
 
 Resumable: every finished run is one JSON line of ``--jsonl`` (settings + metrics + timings);
@@ -78,7 +80,7 @@ import numpy as np
 from experiments import common, protocol
 
 RESULTS = Path(__file__).resolve().parent / "results"
-MERGES = ("average", "align-weights", "align-activations", "ties", "dare", "ot")
+MERGES = ("sum", "average", "align-weights", "align-activations", "ties", "dare", "ot")
 POOL_METHODS = ("best-single", "fusion", *(f"mera-{m}" for m in MERGES), "mera-same-track")
 METHODS = ("scratch", *POOL_METHODS, "full-ft")
 POOL_MODES = ("excluded", "included")
@@ -928,7 +930,8 @@ def write_report(path: Path, *, s: Settings, cells: dict, pool: Optional[Pool], 
         + (f"dev sets whole, or a fixed seeded sample of {s.eval_limit} rows where larger" if s.eval_limit
            else "whole dev sets") +
         f"; k = {', '.join(map(str, s.ks))} per class; seeds {', '.join(map(str, s.seeds))}; "
-        f"same-track merge: {s.same_track_method}; TIES density {s.ties_density:g}; DARE keep {s.dare_density:g}.",
+        f"same-track merge: {s.same_track_method}; AdapterFusion: AdapterHub's dynamic preset with its "
+        f"0.01 ||I - V||^2 regulariser in the loss; TIES density {s.ties_density:g}; DARE keep {s.dare_density:g}.",
         "",
         "## Results (dev score at the rate chosen on held-out rows)",
         "",
@@ -1014,9 +1017,9 @@ def parse_args(argv=None):
                         "full-study time projection")
     p.add_argument("--pool", default=None,
                    help="pool dir with pool.json (default runs/mera/pool; quick: runs/mera_quick/pool)")
-    p.add_argument("--targets", default=None, help="comma-separated (default mrpc,rte,sick)")
-    p.add_argument("--k", default=None, help="comma-separated examples per class (default 16,32,64)")
-    p.add_argument("--seeds", default=None, help="number of seeds N (0..N-1) or a comma list (default 5)")
+    p.add_argument("--targets", default=None, help="comma-separated (default mrpc,rte,sick,mnli)")
+    p.add_argument("--k", default=None, help="comma-separated examples per class (default 16,64)")
+    p.add_argument("--seeds", default=None, help="number of seeds N (0..N-1) or a comma list (default 3)")
     p.add_argument("--methods", default=None, help=f"comma-separated subset of {','.join(METHODS)}")
     p.add_argument("--pool-modes", default=None, help="comma-separated subset of excluded,included")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default 200, quick 4)")

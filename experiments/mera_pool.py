@@ -1,6 +1,6 @@
 """MerA study, part 1: train the pool of source adapters that part 2 merges / fuses.
 
-    python -m experiments.mera_pool                 # full pool: 13 tasks, <= 2000 rows x 2 epochs each
+    python -m experiments.mera_pool                 # full pool: 14 tasks, <= 20,000 rows x 2 epochs each
     python -m experiments.mera_pool --quick         # tiny budgets (64 rows x 1 epoch): plumbing + timing
 
 One Pfeiffer adapter (bottleneck 64, relu, after the FFN; AdapterHub ``seq_bn``) per source
@@ -29,7 +29,9 @@ Where a split is missing (``shared/data/README.md``):
   the few-shot MNLI evaluation set);
 - **qnli**: validation only: the same carve-out of ``validation`` (QNLI is a source task
   only, never a target or a reported number);
-- **mr / cr**: no official split: jadapt's seeded 10 % hold-out of train is the dev.
+- **snli**: the train split here is a 1,666-row sample: train on it plus ``validation`` minus
+  a seeded held-out ``--holdout`` rows, which are the dev (SNLI is a source task only);
+- **mr / cr / mpqa**: no official split: jadapt's seeded 10 % hold-out of train is the dev.
 The pool's own dev scores are in ``experiments/results/mera_pool.md``, beside each source's
 majority-class score on the same rows: a source whose best dev score is not at least 2 points
 above it learned nothing worth merging, and ``experiments.mera_fewshot`` leaves it out of the
@@ -54,12 +56,15 @@ from experiments import common
 
 RESULTS = Path(__file__).resolve().parent / "results"
 POOL_TASKS = ("mnli", "snli", "sick", "rte", "qnli", "mrpc", "stsb", "sick-relatedness", "sst2", "mr", "cr",
-              "imdb", "cola")
+              "mpqa", "imdb", "cola")
 ADAPTER_NAME = "adapter"
 METHOD = "pfeiffer"
 BOTTLENECK = 64
 LR = 1e-3  # jadapt.train.config.DEFAULT_LR["pfeiffer"]
 FULL = dict(train_cap=20000, dev_cap=1000, holdout=1000, epochs=2.0)  # "the most data available offline"
+# Source-only tasks (never a few-shot target) whose train split here is a small sample: their
+# validation split joins the training rows, minus the held-out rows that become the dev.
+POOL_ONLY_MERGED = ("snli",)
 LEARNED_MARGIN = 0.02  # a source must beat its majority class by this much to join the merge
 QUICK = dict(train_cap=64, dev_cap=64, holdout=64, epochs=1.0)
 
@@ -79,6 +84,13 @@ def source_splits(task: str, data_dir, *, train_cap: int, dev_cap: int, holdout:
             dev = data.load_split(spec, spec.dev_split, data_dir)
         except FileNotFoundError:
             base_split = spec.dev_split
+    if spec.name in POOL_ONLY_MERGED:  # train sample + validation minus the held-out dev rows
+        n = data.num_rows(dev)
+        keep, held = data.holdout_split(n, min(holdout, n // 2) / n, seed)
+        rest, dev = data.take(dev, keep), data.take(dev, held)
+        train = {k: np.concatenate([np.asarray(train[k]), np.asarray(rest[k])]) for k in train}
+        note = (f"train split is a sample: train = it + {spec.dev_split} minus {len(held)} held-out rows "
+                f"(seed {seed}), dev = those rows")
     if base_split is not None:  # carve train and dev out of the one labelled split
         rows = data.load_split(spec, base_split, data_dir)
         n = data.num_rows(rows)
@@ -136,6 +148,8 @@ def train_source(task: str, *, pool: Path, data_dir, model: Optional[str], budge
     out = pool / task
     settings = {"task": task, "model": model, "method": METHOD, "bottleneck": BOTTLENECK, "lr": LR, "seed": seed,
                 "batch_size": batch_size, "max_length": max_length, "compute_dtype": compute_dtype, **budget}
+    if task in POOL_ONLY_MERGED:
+        settings["train_rows_from"] = f"{spec.train_split}+{spec.dev_split}"
     done_file = out / "pool_entry.json"
     if done_file.is_file():
         entry = json.loads(done_file.read_text())

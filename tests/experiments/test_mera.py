@@ -141,6 +141,21 @@ def tiny_setup(tmp_path_factory, tiny_model_dir):
     return root, data, tiny_model_dir
 
 
+def test_snli_source_trains_on_its_sample_plus_validation_minus_the_dev(tmp_path):
+    d = tmp_path / "snli"
+    d.mkdir()
+    for split, n, base in (("train", 30, 0), ("validation", 50, 1000)):
+        with open(d / f"{split}.jsonl", "w") as f:
+            for i in range(n):
+                f.write(json.dumps({"premise": f"p{base + i}", "hypothesis": "h", "label": i % 3, "idx": i}) + "\n")
+    train, dev, note = mera_pool.source_splits("snli", tmp_path, train_cap=1000, dev_cap=1000, holdout=10)
+    tr, dv = set(train["premise"]), set(dev["premise"])
+    assert len(train["label"]) == 30 + 40 and len(dev["label"]) == 10 and not tr & dv
+    assert {f"p{i}" for i in range(30)} <= tr and all(p >= "p1000" for p in dv) and "validation" in note
+    again = mera_pool.source_splits("snli", tmp_path, train_cap=1000, dev_cap=1000, holdout=10)[1]
+    assert list(again["premise"]) == list(dev["premise"])  # the same held-out rows for every init seed
+
+
 @pytest.mark.slow  # ~90 s of CPU (pool fits + ~8 compiled runners), minutes on a loaded machine
 def test_quick_study_end_to_end_and_resume(tiny_setup):
     root, data, model = tiny_setup

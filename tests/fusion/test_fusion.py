@@ -255,6 +255,32 @@ def test_regulariser_zero_at_init_positive_after_perturbation(base, fused_houlsb
     assert float(regularization_loss(base["houlsby"][1])) == 0.0
 
 
+def test_train_step_adds_regulariser_only_when_configured(base):
+    """The one train step (``Runner``, ``jadapt train``) adds 0.01 * ||I - V||^2 for a dynamic
+    fusion and nothing when the config turns it off: same batch, dropout key and params."""
+    from jadapt.train.step import init_state, make_train_step
+
+    model, params = base["pfeiffer"]
+    fused, fparams = fuse(model, params, ("a", "b"), "dynamic", jax.random.key(1))
+    fparams = _perturb(fparams, r"fusion/value/kernel", jax.random.key(3), 0.1)
+    labels = trainable_labels(fparams, trainable_rules("fusion"))
+    flat_labels = tree.flatten(labels)
+    trainable, frozen = tree.partition(fparams, lambda p: flat_labels[p] != "frozen")
+    ids, mask = _ids()
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": jnp.array([0, 2]),
+             "weight": jnp.ones((2,), jnp.float32)}
+    tx = optax.sgd(0.0)
+    losses = {}
+    for reg in (True, False):
+        m = fused.clone(fusion=fused.fusion.replace(regularization=reg))
+        step = jax.jit(make_train_step(m, tx, regression=False))
+        _, logs = step(init_state(trainable, tx, 0), frozen, batch)
+        losses[reg] = float(logs["loss"])
+    expected = float(regularization_loss(trainable))
+    assert expected > 1e-3  # V was moved off the identity, so the term is visible
+    assert losses[True] - losses[False] == pytest.approx(expected, rel=1e-3)
+
+
 def test_fusion_state_helper(base):
     model, params = base["pfeiffer"]
     fused, params = fuse(model, params, ("a", "b"), fusion_preset(temperature=True), jax.random.key(1))
