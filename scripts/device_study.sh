@@ -10,6 +10,10 @@ minutes=$1; shift
 module=$1; shift
 [ -d .carry/model ] && [ -d .carry/data ] || { echo "device_study: no .carry pack (run experiments.device_pack here and carry .carry)"; exit 2; }
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 JADAPT_ALLOCATOR=system
+# a vocabulary-cut Q4_0 pack (multilingual-e5-small) travels as pack.npz: its fp32 weights first
+if [ -f .carry/model/pack.npz ] && [ ! -f .carry/model/model.safetensors ]; then
+  python3 -m experiments.device_pack --unpack .carry/model || exit 2
+fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
 python3 -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, jax.devices())"
 python3 -m "$module" --model .carry/model --data-dir .carry/data --out "$OUT" --compile-cache /tmp/jax_cache \

