@@ -26,12 +26,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import shlex
 import statistics
 import sys
 import time
 from pathlib import Path
+
+from jadapt.machine import machine_line
 
 HERE = Path(__file__).resolve().parent
 
@@ -154,7 +155,7 @@ def main(argv=None) -> None:
     p.add_argument("--out", default=str(HERE / "results" / "align.md"))
     args = p.parse_args(argv)
     command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__), *sys.argv[1:]])
-    print(f"reproduce: {command}", flush=True)
+    print(f"reproduce: {command}\nmachine: {machine_line()}", flush=True)
 
     import jax
     import optax
@@ -178,7 +179,7 @@ def main(argv=None) -> None:
         "",
         f"`{command}`",
         "",
-        f"{datetime.datetime.now().isoformat(timespec='seconds')}; {platform.processor() or platform.machine()}, "
+        f"{datetime.datetime.now().isoformat(timespec='seconds')}; {machine_line()}, "
         f"{os.cpu_count()} CPU cores visible (shared machine; load average "
         f"{', '.join(f'{x:.1f}' for x in os.getloadavg())} at the end); backend {dev.platform} ({dev.device_kind}); "
         f"jax {jax.__version__}, optax {optax.__version__}, scipy {scipy.__version__}.",

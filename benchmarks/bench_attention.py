@@ -48,7 +48,9 @@ def main() -> None:
 
     forms = {"matmul": matmul_form, "fused": lambda q, k, v: fused_attention(q, k, v, keep),
              "xla": lambda q, k, v: jax.nn.dot_product_attention(q, k, v, mask=keep, scale=1.0)}
-    res = {"device": jax.devices()[0].device_kind, "shape": [b, s, n, h]}
+    from jadapt.machine import machine_line
+
+    res = {"device": jax.devices()[0].device_kind, "machine": machine_line(), "shape": [b, s, n, h]}
     outs = {}
     for name, f in forms.items():
         fwd_bwd = jax.jit(lambda q, k, v, f=f: jax.vjp(f, q, k, v)[1](ct))

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 from jadapt import merge, tree
 from jadapt.adapters.config import preset
 from jadapt.fusion import fuse, fusion_params
+from jadapt.machine import machine_line
 from jadapt.models.model import HeadConfig
 from jadapt.models.pretrained import adapter_params, load_pretrained, param_shapes
 
@@ -107,6 +108,7 @@ def main(argv=None) -> None:
     ks = [int(k) for k in args.ks.split(",")]
     command = "python benchmarks/bench_deploy.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     print("command:", command.strip(), flush=True)
+    print("machine:", machine_line(), flush=True)
 
     variants = build(ks, args.bottleneck, args.dtype, args.seed)
     load0 = os.getloadavg()[0]
@@ -129,6 +131,8 @@ def main(argv=None) -> None:
         "# Deployment cost: single vs merged adapter vs AdapterFusion",
         "",
         f"Command: `{command.strip()}`",
+        "",
+        f"Machine: {machine_line()}",
         "",
         f"MiniLM-L6 (6 x 384) from `load_pretrained()`, Pfeiffer adapters (bottleneck {args.bottleneck}), "
         f"2-way head, dynamic fusion; inference `jax.jit(model.apply)`, batch {args.batch} x length "

@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from jadapt.machine import machine_line
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -76,6 +78,7 @@ def main(argv=None):
     ap.add_argument("--train-size", type=int, default=8000)
     ap.add_argument("--reps", type=int, default=2, help="runs per side, interleaved")
     args = ap.parse_args(argv)
+    print(f"machine: {machine_line()}", flush=True)
     tmp = Path(tempfile.mkdtemp(prefix="e2e_"))
     load0 = os.getloadavg()[0]
     js, ps = [], []
@@ -106,7 +109,7 @@ def main(argv=None):
                 f"{' / '.join(str(x['wall_s']) for x in ps)} | {accs(ps)} | 1 | {mems(ps)} | 1 |")
     text = (f"# End to end: one SST-2 epoch, {args.train_size} examples (jadapt vs AdapterHub AdapterTrainer)\n\n"
             f"Command: `python benchmarks/bench_e2e.py --data-dir {args.data_dir} --reps {args.reps}`  \n"
-            f"Date: {time.strftime('%Y-%m-%d %H:%M')}; {os.cpu_count()}-CPU machine; load average {load0:.1f} "
+            f"Date: {time.strftime('%Y-%m-%d %H:%M')}; {machine_line()}; load average {load0:.1f} "
             f"before, {load1:.1f} after; {args.reps} runs per side, interleaved (jadapt, peer, peer, jadapt, ...).\n\n"
             "| side | wall time, whole process (s), median | runs (s) | dev accuracy per run | jadapt / peer | "
             "peak RSS per run (MB) | memory ratio (medians) |\n"

@@ -20,23 +20,14 @@ import datetime
 import json
 import os
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_step import _cpu_name, jadapt_env, med_ms, time_workers  # noqa: E402
+from bench_step import jadapt_env, med_ms, time_workers  # noqa: E402
 
-
-def cpu_isa() -> str:
-    """The bf16-relevant ISA flags of this CPU (lscpu): AMX makes bf16 matmuls fast."""
-    try:
-        flags = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    except OSError:
-        return "unknown"
-    have = [f for f in ("amx_bf16", "amx_tile", "avx512_bf16", "avx512f") if f" {f}" in flags]
-    return ", ".join(have) or "no avx512 / amx"
+from jadapt.machine import machine_line  # noqa: E402
 
 
 def main() -> None:
@@ -55,7 +46,7 @@ def main() -> None:
     encoders = {"minilm": str(packaged_model_path()), "e5": str(Path(args.e5).resolve())}
     command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__), *sys.argv[1:]])
     started = datetime.datetime.now().astimezone()
-    machine = f"{_cpu_name()}, {os.cpu_count()} CPUs, ISA: {cpu_isa()}"
+    machine = machine_line()
     print(f"# {command}\n# {started:%Y-%m-%d %H:%M %Z}, {machine}, load {os.getloadavg()[0]:.2f}", flush=True)
     rows = []
     for dtype in args.dtypes.split(","):

@@ -38,6 +38,7 @@ sys.path.insert(0, str(HERE))
 from bench_matmul import median_seconds  # noqa: E402
 from bench_step import PEER_NAMES, med_ms, time_workers  # noqa: E402
 from flops import BERT_BASE, MINILM, Shape, step_flops  # noqa: E402
+from jadapt.machine import machine_line  # noqa: E402
 
 # (model, batch, method), most important first: the targets are bert-base 256 and minilm 32
 ROWS = [("bert-base", 256, "pfeiffer"), ("minilm", 32, "pfeiffer"), ("bert-base", 256, "houlsby"),
@@ -95,7 +96,8 @@ def run_row(model, batch, method, args, device):
 def markdown(res) -> str:
     rate = res.get("bf16_tflops")
     lines = [f"# GPU: jadapt vs PyTorch peers ({res['device']})", "",
-             f"Command: `{res['command']}`  ", f"Date: {res['date']}; wall {res.get('wall_s', 0):.0f} s; "
+             f"Command: `{res['command']}`  ", f"Host CPU: {res.get('host_cpu', '?')}  ",
+             f"Date: {res['date']}; wall {res.get('wall_s', 0):.0f} s; "
              f"bf16 matmul rate measured in this call: {rate:.0f} TFLOP/s" if rate else "", "",
              "| model | batch x len | method | jadapt step ms | peer | peer step ms | **step ratio** | target "
              "| jadapt tokens/s | jadapt MFU | peer MFU | jadapt eval ms | peer eval ms | eval ratio "
@@ -175,7 +177,7 @@ def main() -> None:
         rows = [("minilm", 2, m) for m in ("pfeiffer", "lora")]
     res = {"device": f"{jax.devices()[0].device_kind} ({device})", "date": datetime.datetime.now().isoformat(
         timespec="seconds"), "command": "python " + " ".join(sys.argv), "seq": args.seq, "rounds": args.rounds,
-        "steps": args.steps, "warmup": args.warmup, "rows": [],
+        "steps": args.steps, "warmup": args.warmup, "rows": [], "host_cpu": machine_line(),
         "software": {"python": platform.python_version(), "jax": jax.__version__}}
     res["bf16_tflops"] = matmul_rate(512 if args.smoke else 8192)
     print(f"bf16 matmul: {res['bf16_tflops']:.1f} TFLOP/s on {res['device']}", flush=True)

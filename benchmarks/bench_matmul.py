@@ -52,8 +52,15 @@ def matmul_rates(reps: int = 10) -> dict[str, dict[str, float]]:
     return out
 
 
-if __name__ == "__main__":
+def main() -> None:
+    from jadapt.machine import machine_line
+
+    print(f"machine: {machine_line()}")
     rates = matmul_rates()
     for name, r in rates.items():
         print(f"{name:32s} bf16 {r['bfloat16']:7.1f} GFLOP/s   fp32 {r['float32']:7.1f} GFLOP/s")
     print(json.dumps(rates))
+
+
+if __name__ == "__main__":
+    main()

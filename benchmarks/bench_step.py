@@ -40,6 +40,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from flops import BERT_BASE, MINILM, Shape, step_flops  # noqa: E402
+from jadapt.machine import cpu_isa, cpu_model, machine_line  # noqa: E402
 from jadapt.models.config import ATTENTION_IMPLS  # noqa: E402
 
 METHODS = ("houlsby", "pfeiffer", "lora", "full", "fusion")
@@ -409,7 +410,7 @@ def main() -> None:
     model_path = str(packaged_model_path())
     command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__), *sys.argv[1:]])
     started = datetime.datetime.now().astimezone()
-    print(f"# {command}\n# {started:%Y-%m-%d %H:%M %Z}, {_cpu_name()}, {os.cpu_count()} CPUs, "
+    print(f"# {command}\n# {started:%Y-%m-%d %H:%M %Z}, {machine_line()}, "
           f"load {os.getloadavg()[0]:.2f}, nice {os.nice(0)}", flush=True)
 
     rw = Worker("rates", [sys.executable, __file__, "--worker", "rates"], jadapt_env(args.allocator))
@@ -440,7 +441,8 @@ def main() -> None:
 
     finished = datetime.datetime.now().astimezone().isoformat()
     result = {"command": command, "started": started.isoformat(), "finished": finished,
-              "machine": {"cpu": _cpu_name(), "cpus": os.cpu_count(), "python": platform.python_version()},
+              "machine": {"cpu": cpu_model(), "cpus": os.cpu_count(), "isa": cpu_isa(),
+                          "python": platform.python_version()},
               "args": vars(args), "matmul_rates_gflops": rates, "bf16_rate_gflops": bf16_rate,
               "fp32_rate_gflops": fp32_rate, "floor_rate_gflops": floor_rate,
               "flops": flops, "rows": rows}
@@ -450,19 +452,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"step_{args.model}_{started:%Y%m%d_%H%M}"
     stem.with_suffix(".json").write_text(json.dumps(result, indent=1))
-    stem.with_suffix(".md").write_text(f"`{command}`\n\n{started:%Y-%m-%d %H:%M %Z}, {_cpu_name()}, "
-                                       f"{os.cpu_count()} CPUs\n\n{table}\n")
+    stem.with_suffix(".md").write_text(f"`{command}`\n\n{started:%Y-%m-%d %H:%M %Z}, {machine_line()}\n\n{table}\n")
     print(f"\nwrote {stem}.json / .md")
-
-
-def _cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
 
 
 if __name__ == "__main__":

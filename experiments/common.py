@@ -54,9 +54,10 @@ def command_line(argv: Optional[Sequence[str]] = None, python: str = "python") -
 
 def hardware() -> dict:
     """CPU model, cores this process may use, memory, and JAX's devices (if JAX is loaded)."""
-    info: dict[str, Any] = {"machine": platform.machine(), "cpu_model": _cpu_model(), "cpu_bf16": _cpu_bf16(),
-                            "cores_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                            else os.cpu_count(),
+    from jadapt import machine
+
+    info: dict[str, Any] = {"machine": platform.machine(), "cpu_model": machine.cpu_model(),
+                            "cpu_bf16": machine.cpu_isa(), "cores_available": machine.cores(),
                             "memory_gb": _memory_gb()}
     try:
         info["load_average_1m"] = round(os.getloadavg()[0], 2)
@@ -85,28 +86,6 @@ def software() -> dict:
     dirty = _git("status", "--porcelain", "--untracked-files=no")
     out["git_dirty"] = bool(dirty) if dirty is not None else None
     return out
-
-
-def _cpu_bf16() -> str:
-    """The CPU's bf16 matmul support (/proc/cpuinfo flags): AMX makes bf16 several times faster
-    than fp32, AVX512-BF16 alone makes it slower, so a study's speed depends on which."""
-    try:
-        flags = next((line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags")), [])
-    except OSError:
-        return "unknown"
-    have = [f for f in ("amx_bf16", "avx512_bf16") if f in flags]
-    return ", ".join(have) if have else "neither amx_bf16 nor avx512_bf16"
-
-
-def _cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in out.splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return platform.processor() or "unknown"
 
 
 def _memory_gb() -> Optional[float]:
@@ -373,5 +352,7 @@ def run_host() -> str:
     study's log may hold chunks from several machines)."""
     import jax
 
+    from jadapt import machine
+
     d = jax.devices()[0]
-    return d.device_kind if d.platform != "cpu" else f"{_cpu_model()} ({_cpu_bf16()})"
+    return d.device_kind if d.platform != "cpu" else f"{machine.cpu_model()} ({machine.cpu_isa()})"

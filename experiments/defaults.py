@@ -95,7 +95,7 @@ def main(argv=None):
             for r in sorted(done.values(), key=lambda r: (r["task"], r["method"], r["pooling"], r["lr"]))]
     hw = hardware()
     text = (f"# How the defaults were chosen\n\n{NOT_A_CLAIM_STUDY}\n\nCommand: `{command_line(argv, python='python')}`  \n"
-            f"Hardware: {hw['cpu_model']}, {hw['cores_available']} cores, load average {hw.get('load_average_1m')} at the end (other jobs shared the CPU); this run's wall time "
+            f"Hardware: {hw['cpu_model']} ({hw['cpu_bf16']}), {hw['cores_available']} cores, load average {hw.get('load_average_1m')} at the end (other jobs shared the CPU); this run's wall time "
             f"{time.time() - t0:.0f} s (excluding rows reused from `{raw.name}`).\n\n"
             "Packaged all-MiniLM-L6-v2, batch 32, max length 128, bottleneck 64, seed 0, AdamW "
             "(wd 0.01, clip 1.0), linear schedule with 10 % warmup; dev accuracy on the full dev set "

@@ -979,7 +979,7 @@ def write_report(path: Path, *, s: Settings, cells: dict, pool: Optional[Pool], 
              f"{common.fmt_duration(run_time)}; this invocation's wall time {common.fmt_duration(wall_s)} "
              f"(runs already in the JSONL are not redone)",
              f"- every run (settings, metrics, timings): `{jsonl}`",
-             f"- hardware: {hw['cpu_model']}, {hw['cores_available']} cores, {hw.get('memory_gb')} GB RAM, "
+             f"- hardware: {hw['cpu_model']} ({hw['cpu_bf16']}), {hw['cores_available']} cores, {hw.get('memory_gb')} GB RAM, "
              f"{hw.get('jax_devices', 'cpu')}; load average {load_start} at start, {hw.get('load_average_1m')} "
              f"at the end (the machine is shared: wall times include waiting for the CPU)",
              "- software: " + ", ".join(f"{k} {v}" for k, v in sw.items())]

@@ -203,7 +203,7 @@ def write_report(entries: list[dict], path: Path, *, command: str, wall_s: float
         f"- command: `{command}`",
         f"- wall time (this invocation; tasks already done are skipped): {common.fmt_duration(wall_s)}; "
         f"per-task wall/CPU seconds are in each `pool_entry.json`",
-        f"- hardware: {hw['cpu_model']}, {hw['cores_available']} cores, {hw.get('memory_gb')} GB, "
+        f"- hardware: {hw['cpu_model']} ({hw['cpu_bf16']}), {hw['cores_available']} cores, {hw.get('memory_gb')} GB, "
         f"load average {hw.get('load_average_1m')} at the end (machine shared with other jobs)",
         "- software: " + ", ".join(f"{k} {v}" for k, v in sw.items()),
     ]

@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # names a package (all its modules) or one module; ``<package>.__init__`` names only the
 # package's ``__init__.py``.
 FLOORS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("leaves", ("jadapt.tree", "jadapt.runtime", "jadapt.folders", "jadapt.param_paths", "jadapt.faults")),
+    ("leaves", ("jadapt.tree", "jadapt.runtime", "jadapt.machine", "jadapt.folders", "jadapt.param_paths",
+                "jadapt.faults")),
     ("layers", ("jadapt.layers",)),
     # adapters and fusion layers build on the layers; data, conversion and sharding rules need no model
     ("blocks", ("jadapt.adapters", "jadapt.fusion", "jadapt.data", "jadapt.convert", "jadapt.sharding")),
