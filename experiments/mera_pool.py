@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -155,6 +156,12 @@ def train_source(task: str, *, pool: Path, data_dir, model: Optional[str], budge
         entry = json.loads(done_file.read_text())
         if entry.get("settings") == settings and (out / "best" / "metadata.json").is_file():
             return entry
+    marker = out / "pool_settings.json"
+    if out.exists() and (not marker.is_file() or json.loads(marker.read_text()) != settings):
+        # trained (or begun) with other settings or data: ``fit`` would resume that run, so start over
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    common.write_text_atomic(marker, json.dumps(settings, indent=1, default=float))
     data_root = pool / "_data" / task
     caps = {k: budget[k] for k in ("train_cap", "dev_cap", "holdout")}
     info = prepare_source_data(task, data_dir, data_root, seed=0, **caps)  # same rows whatever the init seed

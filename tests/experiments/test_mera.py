@@ -156,6 +156,33 @@ def test_snli_source_trains_on_its_sample_plus_validation_minus_the_dev(tmp_path
     assert list(again["premise"]) == list(dev["premise"])  # the same held-out rows for every init seed
 
 
+def test_pool_source_retrains_from_scratch_when_its_settings_change(tmp_path, monkeypatch):
+    """A source trained with other settings is not resumed by ``fit`` (which would return the old
+    adapter under the new settings): its folder is cleared first; same settings reuse it."""
+    import jadapt.train.loop as loop
+    from tests.conftest import write_synthetic_task
+
+    calls = []
+
+    def fake_fit(cfg):
+        out = tmp_path / "pool" / "rte"
+        calls.append(sorted(p.name for p in out.iterdir()))
+        (out / "best").mkdir(exist_ok=True)
+        (out / "best" / "metadata.json").write_text("{}")
+        (out / "leftover_checkpoint").write_text("x")
+        return {"accuracy": 0.9, "steps": 3}
+
+    monkeypatch.setattr(loop, "fit", fake_fit)
+    write_synthetic_task(tmp_path / "data", "rte", n_train=20, n_dev=10)
+    kw = dict(pool=tmp_path / "pool", data_dir=tmp_path / "data", model=None,
+              budget=dict(mera_pool.QUICK), seed=1)
+    mera_pool.train_source("rte", **kw)
+    mera_pool.train_source("rte", **kw)  # same settings: done, nothing retrained
+    assert len(calls) == 1
+    mera_pool.train_source("rte", **{**kw, "seed": 2})  # other settings: a fresh folder
+    assert len(calls) == 2 and "leftover_checkpoint" not in calls[1]
+
+
 @pytest.mark.slow  # ~90 s of CPU (pool fits + ~8 compiled runners), minutes on a loaded machine
 def test_quick_study_end_to_end_and_resume(tiny_setup):
     root, data, model = tiny_setup
