@@ -103,6 +103,7 @@ class Settings:
     batch_size: int = 32
     eval_batch_size: int = 64
     max_length: int = 128
+    buckets: tuple[int, ...] = (32, 64, 128, 256, 512)  # padded widths (jadapt.train.runner.STUDY_BUCKETS)
     eval_limit: Optional[int] = 2000
     compute_dtype: str = "float32"
     same_track_method: str = "align-weights"
@@ -169,7 +170,8 @@ def run_spec(s: Settings, target: str, k: int, seed: int, method: str, mode: Opt
     spec = {"study": "mera-fewshot", "v": VERSION, "target": target, "k": k, "seed": seed, "method": method,
             "pool_mode": mode if uses_pool(method) else None, "steps": s.steps, "lr": lr,
             "heldout_k": s.heldout_k, "batch_size": s.batch_size, "max_length": s.max_length,
-            "eval_limit": s.eval_limit, "compute_dtype": s.compute_dtype, "model": model}
+            "eval_limit": s.eval_limit, "compute_dtype": s.compute_dtype, "model": model,
+            "buckets": list(s.buckets)}
     if uses_pool(method):
         spec["pool_id"] = pool_id
         if method == "mera-ties" or (method == "mera-same-track" and s.same_track_method == "ties"):
@@ -419,7 +421,7 @@ class Study:
             raise ValueError(f"unknown model family {fam!r}")
         labels = trainable_labels(params, rules)
         r = Runner(model, params, labels, regression=False, batch_size=self.s.batch_size,
-                   eval_batch_size=self.s.eval_batch_size)
+                   eval_batch_size=self.s.eval_batch_size, buckets=self.s.buckets)
         r.features = None  # compiled lazily (adapter family only)
         r.probe = None
         self.runners[key] = r
@@ -623,10 +625,11 @@ def label(method: str, mode: Optional[str]) -> str:
     return method if mode is None else f"{method} ({mode})"
 
 
-def collect(log: common.RunLog, s: Settings, model: str, pool_id: Optional[str]) -> tuple[dict, dict]:
+def collect(log: common.RunLog, s: Settings, model: str, pool_id: Optional[str]) -> tuple[dict, dict, dict]:
     """({(target, k, method, mode): [records at the chosen rate]}, {same key: (chosen rate,
-    grid-edge warning or None, {rate: mean held-out score})}) of this settings' finished runs.
-    The rate is chosen by the mean held-out score over seeds (``protocol.choose_rate``)."""
+    grid-edge warning or None, {rate: mean held-out score})}, {same key: [records at every
+    rate]}) of this settings' finished runs. The rate is chosen by the mean held-out score over
+    seeds (``protocol.choose_rate``)."""
     wanted = {}
     for seed, k, target, method, mode, lr in plan(s):
         key = common.run_key(run_spec(s, target, k, seed, method, mode, lr, model=model, pool_id=pool_id))
@@ -646,7 +649,7 @@ def collect(log: common.RunLog, s: Settings, model: str, pool_id: Optional[str])
             cells[cell] = by_lr[lr]
         else:  # skipped cells: their records say why
             cells[cell] = next(iter(by_lr.values()))
-    return cells, chosen
+    return cells, chosen, {cell: [r for recs in by_lr.values() for r in recs] for cell, by_lr in grid.items()}
 
 
 # The paper's claims as paired comparisons (pool mode "excluded", the few-shot setting):
@@ -689,6 +692,30 @@ def comparisons(s: Settings, cells: dict, dev_labels, reps: int = 2000) -> tuple
     table = common.markdown_table(["claim", "target", "k", "pair (pool: " + mode + ")", "dev difference x100 [95 % CI]",
                                    "seeds better", "verdict"], rows) if rows else "no paired runs yet"
     return table, verdicts
+
+
+def convergence(s: Settings, runs: dict) -> str:
+    """Whether the step budget let every run's training loss flatten (``protocol.flattened``
+    on its 40-point curve), and by which step the loss first fell below 5 % of its start."""
+    rows = []
+    for (target, k, method, mode), recs in sorted(runs.items(), key=lambda kv: str(kv[0])):
+        ok = [r for r in recs if r.get("status") == "ok" and r.get("curve")]
+        if not ok:
+            continue
+        flat = sum(protocol.flattened(r["curve"]) for r in ok)
+        reach = []
+        for r in ok:
+            c = np.asarray(r["curve"], float)
+            hit = np.nonzero(c <= 0.05 * c[0])[0]
+            reach.append((hit[0] + 1) * r["steps"] / len(c) if len(hit) else np.inf)
+        worst = max(reach)
+        rows.append([target, k, label(method, mode), f"{flat} of {len(ok)}",
+                     f"{np.median(reach):.0f}" if np.isfinite(np.median(reach)) else "never",
+                     f"{worst:.0f}" if np.isfinite(worst) else "never", f"{np.mean([r['curve'][-1] for r in ok]):.4f}"])
+    if not rows:
+        return "no runs yet"
+    return common.markdown_table(["target", "k", "method", "runs flattened", "step loss < 5 % of start (median)",
+                                  "(slowest run)", "final loss (mean)"], rows, align="lrlrrrr")
 
 
 def rate_table(s: Settings, chosen: dict) -> str:
@@ -900,7 +927,7 @@ def write_report(path: Path, *, s: Settings, cells: dict, pool: Optional[Pool], 
                  command: str, full_command: str, wall_s: float, png: Optional[Path], projection: Optional[dict],
                  load_start: Optional[float], jsonl: Path, verdict: Optional[Path] = None,
                  chosen: Optional[dict] = None, baselines: Optional[dict] = None,
-                 pairs: tuple[str, list] = ("", [])) -> None:
+                 pairs: tuple[str, list] = ("", []), cells_all: Optional[dict] = None) -> None:
     hw, sw = common.hardware(), common.software()
     n_ok = sum(1 for recs in cells.values() for r in recs if r.get("status") == "ok")
     n_skip = sum(1 for recs in cells.values() for r in recs if r.get("status") == "skipped")
@@ -939,6 +966,10 @@ def write_report(path: Path, *, s: Settings, cells: dict, pool: Optional[Pool], 
         "## Learning-rate choice (mean held-out score x100 over seeds; bold: chosen)",
         "",
         rate_table(s, chosen or {}),
+        "",
+        "## Convergence (training loss of every run, chosen rate or not)",
+        "",
+        convergence(s, cells_all or {}),
         "",
         "## Paired comparisons (by seed: same k-shot sample and init; bootstrap over seeds and dev rows)",
         "",
@@ -1023,6 +1054,7 @@ def parse_args(argv=None):
     p.add_argument("--methods", default=None, help=f"comma-separated subset of {','.join(METHODS)}")
     p.add_argument("--pool-modes", default=None, help="comma-separated subset of excluded,included")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default 200, quick 4)")
+    p.add_argument("--buckets", default=None, help="comma list of padded widths (default 32,64,128,256,512)")
     for fam in ("adapter", "fusion", "full"):
         p.add_argument(f"--{fam}-lrs", default=None, help=f"comma list: the {fam} learning-rate grid")
     p.add_argument("--heldout-k", type=int, default=None,
@@ -1060,6 +1092,8 @@ def settings_from_args(args) -> Settings:
         kw["methods"] = tuple(m for m in args.methods.split(",") if m)
     if args.pool_modes:
         kw["pool_modes"] = tuple(m for m in args.pool_modes.split(",") if m)
+    if args.buckets:
+        kw["buckets"] = tuple(int(x) for x in args.buckets.split(",") if x.strip())
     for name in ("steps", "heldout_k", "same_track_method", "compute_dtype"):
         if getattr(args, name) is not None:
             kw[name] = getattr(args, name)
@@ -1132,7 +1166,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     if left:
         print(f"time limit: {left} runs left for the next chunk (rerun the same command)", flush=True)
 
-    cells, chosen = collect(log, s, model_name, pool_id)
+    cells, chosen, cells_all = collect(log, s, model_name, pool_id)
     baselines = {t: protocol.majority_baseline(t, study.target_data(t)[2]["labels"]) for t in s.targets}
     pairs = comparisons(s, cells, lambda t: np.asarray(study.target_data(t)[2]["labels"]))
     png = plot(s, cells, out.with_suffix(".png")) if cells else None
@@ -1163,7 +1197,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                  full_command=full_command_for(args, raw), wall_s=time.time() - t0, png=png,
                  projection=projection, load_start=load_start, jsonl=jsonl,
                  verdict=Path(args.verdict) if args.verdict else None, chosen=chosen, baselines=baselines,
-                 pairs=pairs)
+                 pairs=pairs, cells_all=cells_all)
     print(f"report: {out}", flush=True)
     return {"cells": cells, "chosen": chosen, "projection": projection, "report": out, "left": left}
 
