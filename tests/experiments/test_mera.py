@@ -183,6 +183,19 @@ def test_pool_source_retrains_from_scratch_when_its_settings_change(tmp_path, mo
     assert len(calls) == 2 and "leftover_checkpoint" not in calls[1]
 
 
+def test_convergence_table_flags_runs_whose_loss_had_not_flattened():
+    flat = [0.7 * 0.5 ** i for i in range(20)] + [0.0] * 20  # below 5 % of its start at point 6
+    falling = list(np.linspace(0.7, 0.3, 40))  # still falling at the end
+    recs = [{"status": "ok", "curve": flat, "steps": 100}, {"status": "ok", "curve": falling, "steps": 100}]
+    table = fs.convergence(fs.Settings(), {("mrpc", 16, "fusion", "excluded"): recs,
+                                           ("mrpc", 16, "best-single", "excluded"): recs[:1]})
+    rows = {line.split("|")[3].strip(): [c.strip() for c in line.split("|")[1:-1]]
+            for line in table.splitlines() if "mrpc" in line}
+    assert rows["fusion (excluded)"][3] == "1 of 2" and rows["fusion (excluded)"][5] == "never"
+    assert rows["best-single (excluded)"][3] == "1 of 1" and rows["best-single (excluded)"][4] == "15"
+    assert fs.convergence(fs.Settings(), {}) == "no runs yet"
+
+
 @pytest.mark.slow  # ~90 s of CPU (pool fits + ~8 compiled runners), minutes on a loaded machine
 def test_quick_study_end_to_end_and_resume(tiny_setup):
     root, data, model = tiny_setup
