@@ -68,7 +68,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import re
 import sys
 import time
@@ -749,11 +748,13 @@ def results_tables(s: Settings, cells: dict, baselines: Optional[dict] = None) -
                 for k in s.ks:
                     recs = cells.get((target, k, method, mode), [])
                     ok = [r["main"] for r in recs if r.get("status") == "ok"]
+                    f1 = [r["metrics"]["f1"] for r in recs if r.get("status") == "ok" and "f1" in r.get("metrics", {})]
                     if not ok and recs:
                         row.append("n/a")
                     else:
                         lr = next((r["lr"] for r in recs if r.get("status") == "ok"), None)
-                        row.append(common.fmt_mean_std(ok) + (f" (n={len(ok)}) @ {lr:g}" if ok else ""))
+                        row.append(common.fmt_mean_std(ok) + (f", F1 {common.fmt_mean_std(f1)}" if f1 and "f1" != spec.main_metric else "")
+                                   + (f" (n={len(ok)}) @ {lr:g}" if ok else ""))
                 rows.append(row)
         base = (baselines or {}).get(target)
         if base:
@@ -931,7 +932,10 @@ def write_report(path: Path, *, s: Settings, cells: dict, pool: Optional[Pool], 
     hw, sw = common.hardware(), common.software()
     n_ok = sum(1 for recs in cells.values() for r in recs if r.get("status") == "ok")
     n_skip = sum(1 for recs in cells.values() for r in recs if r.get("status") == "skipped")
-    run_time = sum(r.get("run_wall_s", 0) + r.get("prep_wall_s", 0) for recs in cells.values() for r in recs)
+    every = (cells_all or cells).values()
+    n_all = sum(1 for recs in every for r in recs if r.get("status") == "ok")
+    run_time = sum(r.get("run_wall_s", 0) + r.get("prep_wall_s", 0) for recs in (cells_all or cells).values()
+                   for r in recs)
     skipped = sorted({f"{label(key[2], key[3])} on {key[0]}: {r['reason']}" for key, recs in cells.items()
                       for r in recs if r.get("status") == "skipped"})
     text = ["# MerA few-shot study: merged pretrained adapters vs scratch, single adapter, fusion, full FT", ""]
@@ -998,15 +1002,12 @@ def write_report(path: Path, *, s: Settings, cells: dict, pool: Optional[Pool], 
     if verdict is not None:  # written by a person from the tables above (``--verdict FILE``)
         text += ["", verdict.read_text().strip(), ""]
     else:
-        text += ["", "## Which paper claims reproduced (for the lead to fill in from the tables)", "",
-                 "- MerA (a merged adapter as initialisation) beats a single pretrained adapter and AdapterFusion "
-                 "in few-shot: _to fill_",
-                 "- alignment before merging (weights / activations) beats plain averaging: _to fill_",
-                 "- same-track MerA beats merging the whole pool: _to fill_",
-                 "- MerA reaches AdapterFusion's accuracy at one adapter's inference cost: _to fill_", ""]
+        text += ["", "Verdicts, claim by claim and per encoder, with what they rest on: `mera_verdict.md` (the "
+                 "paired comparisons above are the only numbers a verdict may use).", ""]
     text += ["## Time and provenance", "",
              f"- command: `{command}`",
-             f"- finished runs in the tables: {n_ok} (+{n_skip} skipped cells); their summed run time "
+             f"- finished runs: {n_all} over every rate, {n_ok} of them at the chosen rates in the tables "
+             f"(+{n_skip} skipped cells); summed run time of all {n_all} "
              f"{common.fmt_duration(run_time)}; this invocation's wall time {common.fmt_duration(wall_s)} "
              f"(runs already in the JSONL are not redone)",
              f"- every run (settings, metrics, timings): `{jsonl}`",
