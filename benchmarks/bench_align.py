@@ -179,8 +179,7 @@ def main(argv=None) -> None:
         "",
         f"`{command}`",
         "",
-        f"{datetime.datetime.now().isoformat(timespec='seconds')}; {machine_line()}, "
-        f"{os.cpu_count()} CPU cores visible (shared machine; load average "
+        f"{datetime.datetime.now().isoformat(timespec='seconds')}; {machine_line()} (shared machine; load average "
         f"{', '.join(f'{x:.1f}' for x in os.getloadavg())} at the end); backend {dev.platform} ({dev.device_kind}); "
         f"jax {jax.__version__}, optax {optax.__version__}, scipy {scipy.__version__}.",
         "",

@@ -59,7 +59,11 @@ def pack_model(src: Path, dst: Path, name: str) -> int:
     source = {"model": name, "study_identity": f"{name} (fp16-rounded weights, experiments.device_pack)",
               "packed_from": str(src)}
     (dst / "jadapt_source.json").write_text(json.dumps(source, indent=1))
-    return sum(p.stat().st_size for p in dst.iterdir())
+    return folder_bytes(dst)
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
 
 
 def is_q4_dequantized(src: Path) -> bool:
@@ -153,7 +157,7 @@ def main(argv=None) -> dict:
                         identity=model_identity(src, args.model))
             print(f"vocabulary-cut Q4_0 pack: {info['pieces']} pieces, {info['texts_checked']} texts segment "
                   f"identically; {info['q4_tensors']} tensors Q4_0, {info['f32_tensors']} fp32")
-            model_bytes = sum(p_.stat().st_size for p_ in (out / "model").iterdir())
+            model_bytes = folder_bytes(out / "model")
         else:
             model_bytes = pack_model(src, out / "model", name)
     except ValueError as e:

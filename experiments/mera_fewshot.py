@@ -932,10 +932,9 @@ def write_report(path: Path, *, s: Settings, cells: dict, pool: Optional[Pool], 
     hw, sw = common.hardware(), common.software()
     n_ok = sum(1 for recs in cells.values() for r in recs if r.get("status") == "ok")
     n_skip = sum(1 for recs in cells.values() for r in recs if r.get("status") == "skipped")
-    every = (cells_all or cells).values()
-    n_all = sum(1 for recs in every for r in recs if r.get("status") == "ok")
-    run_time = sum(r.get("run_wall_s", 0) + r.get("prep_wall_s", 0) for recs in (cells_all or cells).values()
-                   for r in recs)
+    every = [r for recs in (cells_all or cells).values() for r in recs]
+    n_all = sum(1 for r in every if r.get("status") == "ok")
+    run_time = sum(r.get("run_wall_s", 0) + r.get("prep_wall_s", 0) for r in every)
     skipped = sorted({f"{label(key[2], key[3])} on {key[0]}: {r['reason']}" for key, recs in cells.items()
                       for r in recs if r.get("status") == "skipped"})
     text = ["# MerA few-shot study: merged pretrained adapters vs scratch, single adapter, fusion, full FT", ""]

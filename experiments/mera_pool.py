@@ -203,7 +203,10 @@ def write_report(entries: list[dict], path: Path, *, command: str, wall_s: float
         common.markdown_table(["task", "track", "train rows", "dev rows", "steps", "metric", "dev (best epoch)",
                                "majority class", "learned", "wall", "note"], rows, align="llrrrlrrlrl"),
         "",
-        "Dev scores select the source checkpoint only; they are not study results.",
+        "Dev scores select the source checkpoint only; they are not study results. This is not a comparison "
+        "of methods (one adapter per source, so no paired interval): the one use of these scores is the filter "
+        f"against the majority class on the same dev rows (a source must beat it by {100 * LEARNED_MARGIN:.0f} "
+        "points to join the merge).",
         "",
         "## Provenance",
         "",

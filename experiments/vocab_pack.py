@@ -75,6 +75,11 @@ def used_ids(tokenizer, texts: Iterable[str], batch: int = 4096) -> set[int]:
     return out
 
 
+def renumbering(keep: np.ndarray) -> dict[int, int]:
+    """{old id: new id} of a cut that keeps ``keep`` (old ids, ascending)."""
+    return {int(old): i for i, old in enumerate(keep)}
+
+
 def cut_tokenizer(tok: dict, keep: np.ndarray) -> dict:
     """``tokenizer.json`` (a Unigram model) with only the pieces ``keep`` (old ids, ascending),
     renumbered 0..len(keep)-1; special tokens' ids in added_tokens and the post-processor
@@ -82,7 +87,7 @@ def cut_tokenizer(tok: dict, keep: np.ndarray) -> dict:
     model = tok["model"]
     if model.get("type") != "Unigram":
         raise ValueError(f"only a Unigram tokenizer can be cut this way, not {model.get('type')!r}")
-    new_id = {int(old): i for i, old in enumerate(keep)}
+    new_id = renumbering(keep)
     out = json.loads(json.dumps(tok))
     out["model"]["vocab"] = [model["vocab"][int(old)] for old in keep]
     if model.get("unk_id") is not None:
@@ -160,7 +165,7 @@ def pack(src: Path, dst: Path, texts: list[str], identity: str) -> dict:
     tcfg_path = src / "tokenizer_config.json"
     if tcfg_path.is_file():
         tcfg = json.loads(tcfg_path.read_text())
-        new_id = {int(old): i for i, old in enumerate(keep)}
+        new_id = renumbering(keep)
         if "added_tokens_decoder" in tcfg:
             tcfg["added_tokens_decoder"] = {str(new_id[int(k)]): v for k, v in tcfg["added_tokens_decoder"].items()}
         (dst / "tokenizer_config.json").write_text(json.dumps(tcfg, indent=1))
